@@ -1,0 +1,311 @@
+"""Typed configuration: one frozen dataclass per ``params.yaml`` section, loaded once at an entry point.
+
+Unknown keys and invalid values raise ``ValueError`` naming the key (as a dotted path) and the value
+received. Library code never reads ``params.yaml`` itself; it receives these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from unet.geometry import check_tile
+
+T = TypeVar("T")
+
+ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Where the TIFF stacks come from and how each is verified."""
+
+    local_dir: str | None = None  # also taken from $ISBI_DATA_DIR, which wins when set
+    urls: tuple[str, ...] = (
+        "http://brainiac2.mit.edu/isbi_challenge/sites/default/files/",
+        "https://raw.githubusercontent.com/zhixuhao/unet/master/data/membrane/",
+        "https://github.com/zhixuhao/unet/raw/master/data/membrane/",
+    )
+    images: tuple[str, ...] = ("train-volume.tif", "test-volume.tif")
+    labels: str = "train-labels.tif"
+    # sha256 of the decoded C-order pixel array; an empty mapping accepts any valid stack.
+    pixel_sha256: dict[str, str] = field(
+        default_factory=lambda: {
+            "train-volume.tif": "200da3d452d726e6c9ca1ce04b869d4edb727320d23b516d01cce707dc8c4760",
+            "train-labels.tif": "a7cb64000a1a7e542682927e19c91339f58f9f178e0bcce4e207371116f0ca36",
+            "test-volume.tif": "1b58fa7ec1d0ff9d39a855622db3ff66a97863036339b0d04be51b2f5a99b0e9",
+        }
+    )
+    timeout_s: float = 60.0
+    retries: int = 3
+    backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.timeout_s > 0, "download.timeout_s", self.timeout_s, "must be > 0")
+        _check(self.retries >= 1, "download.retries", self.retries, "must be >= 1")
+        _check(self.backoff_s >= 0, "download.backoff_s", self.backoff_s, "must be >= 0")
+        for url in self.urls:
+            _check(url.startswith(("http://", "https://")), "download.urls", url, "must be http(s)")
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.images[0], self.labels, *self.images[1:])
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Thresholds of the Great Expectations suite on per-slice statistics."""
+
+    min_foreground: float = 0.3  # fraction of label pixels that are foreground (cell interior)
+    max_foreground: float = 0.95
+    min_std: float = 1.0  # grey-value std below this is a constant (blank) slice
+
+    def __post_init__(self) -> None:
+        _check(
+            0 <= self.min_foreground < self.max_foreground <= 1,
+            "validate.min_foreground",
+            (self.min_foreground, self.max_foreground),
+            "need 0 <= min_foreground < max_foreground <= 1",
+        )
+        _check(self.min_std >= 0, "validate.min_std", self.min_std, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Seeded k-fold partition of the labelled slices."""
+
+    k: int = 5
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 2, "split.k", self.k, "must be >= 2")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """On-device joint image/label augmentation (see ``unet.augment``)."""
+
+    flip_rotate: bool = True  # the 8 dihedral transforms
+    elastic_sigma: float = 10.0  # px std of the coarse displacement grid (paper: 10)
+    elastic_grid: int = 3  # coarse grid points per axis (paper: 3x3)
+    brightness: float = 0.1  # max additive shift, image scaled to [0, 1]
+    contrast: float = 0.2  # max relative contrast change
+
+    def __post_init__(self) -> None:
+        _check(self.elastic_sigma >= 0, "train.augment.elastic_sigma", self.elastic_sigma, "must be >= 0")
+        _check(self.elastic_grid >= 2, "train.augment.elastic_grid", self.elastic_grid, "must be >= 2")
+        _check(0 <= self.brightness <= 1, "train.augment.brightness", self.brightness, "must be in [0, 1]")
+        _check(0 <= self.contrast < 1, "train.augment.contrast", self.contrast, "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The U-Net's shape: the paper's at ``base_filters=64, depth=5, up='upconv2x2'``."""
+
+    base_filters: int = 64
+    depth: int = 5
+    dropout: float = 0.0  # on the deepest block, as in the paper's drop-out layers
+    up: Literal["upconv2x2", "transpose3x3"] = "upconv2x2"
+    tile: int = 572  # input tile side; output side is tile - margin
+
+    def __post_init__(self) -> None:
+        _check(self.base_filters >= 1, "train.model.base_filters", self.base_filters, "must be >= 1")
+        _check(2 <= self.depth <= 7, "train.model.depth", self.depth, "must be in [2, 7]")
+        _check(0 <= self.dropout < 1, "train.model.dropout", self.dropout, "must be in [0, 1)")
+        _check(
+            self.up in ("upconv2x2", "transpose3x3"), "train.model.up", self.up, "must be 'upconv2x2' or 'transpose3x3'"
+        )
+        check_tile(self.tile, self.depth, name="train.model.tile")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Softmax cross-entropy + soft Dice, optionally with the paper's border weight map."""
+
+    dice_weight: float = 1.0
+    border_weight: bool = False
+    w0: float = 10.0
+    sigma: float = 5.0  # px
+
+    def __post_init__(self) -> None:
+        _check(self.dice_weight >= 0, "train.loss.dice_weight", self.dice_weight, "must be >= 0")
+        _check(self.sigma > 0, "train.loss.sigma", self.sigma, "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one fold's training run (the paper's GPU recipe by default)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    batch_size: int = 8
+    max_steps: int = 6400
+    learning_rate: float = 1e-4
+    warmup_steps: int = 200
+    schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = 0.0
+    steps_per_epoch: int = 100  # progress bar, metrics and checkpoint granularity
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_steps", "steps_per_epoch", "checkpoint_every", "keep_checkpoints"):
+            _check(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "must be >= 1")
+        _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+        _check(
+            self.schedule in ("constant", "cosine"), "train.schedule", self.schedule, "must be 'constant' or 'cosine'"
+        )
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _check(
+            self.checkpoint_every % self.steps_per_epoch == 0,
+            "train.checkpoint_every",
+            self.checkpoint_every,
+            f"must be a multiple of train.steps_per_epoch={self.steps_per_epoch}",
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Overlap-tile inference and metrics on each fold's validation slices."""
+
+    batch_size: int = 8
+    tta: bool = False
+    threshold: float = 0.5
+    overlays: int = 2  # overlay PNGs per fold
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")
+        _check(0 < self.threshold < 1, "evaluate.threshold", self.threshold, "must be in (0, 1)")
+        _check(self.overlays >= 0, "evaluate.overlays", self.overlays, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """Which model is published, under which name and stage."""
+
+    name: str = "unet-isbi2012"
+    select: Literal["best", "ensemble"] = "best"
+    metric: str = "soft_dice"
+    stage: str = "dev"
+
+    def __post_init__(self) -> None:
+        _check(self.select in ("best", "ensemble"), "register.select", self.select, "must be 'best' or 'ensemble'")
+        _check(
+            bool(self.name) and self.name.replace("-", "").isalnum(),
+            "register.name",
+            self.name,
+            "must be letters, digits and '-'",
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How training runs (not what it learns): precision, XLA, devices, parallelism."""
+
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "mixed_bfloat16"
+    xla: bool = True
+    tf32: bool = True
+    gpus: int = 1
+    parallel: Literal["data", "fold"] = "data"
+
+    def __post_init__(self) -> None:
+        _check(
+            self.precision in ("float32", "mixed_float16", "mixed_bfloat16"),
+            "runtime.precision",
+            self.precision,
+            "must be float32, mixed_float16 or mixed_bfloat16",
+        )
+        _check(self.gpus >= 0, "runtime.gpus", self.gpus, "must be >= 0")
+        _check(self.parallel in ("data", "fold"), "runtime.parallel", self.parallel, "must be 'data' or 'fold'")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole ``params.yaml``."""
+
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}: invalid value {value!r}: {why}")
+
+
+def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by dotted key."""
+    where = prefix.rstrip(".") or "params"
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{prefix}{unknown[0]}: unknown key (valid keys: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key + ".")  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{key}: invalid value {value!r}: must be one of {list(typing.get_args(tp))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key}: invalid value {value!r}: expected a list")
+        return tuple(_coerce(typing.get_args(tp)[0], v, key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: invalid value {value!r}: expected a mapping")
+        return {str(k): _coerce(typing.get_args(tp)[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ValueError(f"{key}: invalid value {value!r}: expected {tp.__name__}")
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form of a config (tuples become lists), for YAML/JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def load(path: str | Path = "params.yaml") -> Config:
+    """Load and validate ``params.yaml``; a missing section takes its defaults."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read params: {exc}".splitlines()[0]) from exc
+    return from_dict(Config, data)
+
+
+def fingerprint(cfg: Any) -> str:
+    """Stable short hash of a config subtree (used to refuse resuming a different run)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,70 @@
+"""Evaluate fold models on their own validation slices: metrics per slice, per fold and over folds,
+plus overlay images (image | label | prediction | errors) for ``dvc plots``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from PIL import Image
+
+from unet.config import EvaluateConfig
+from unet.io import atomic_path
+from unet.metrics import METRICS, slice_metrics, summarise
+from unet.tiling import predict_slices
+
+log = logging.getLogger(__name__)
+
+
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """Scale a grey stack to float32 in [0, 1] the way training does (uint8 / 255, else min-max)."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    lo, hi = float(images.min()), float(images.max())
+    return ((images - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+
+
+def evaluate_fold(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, slices: Sequence[int], cfg: EvaluateConfig
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Per-slice metrics of ``model`` on ``images[slices]``; also returns the probabilities."""
+    prob = predict_slices([model], to_unit(images[list(slices)]), cfg.batch_size, cfg.tta)
+    rows = []
+    for i, s in enumerate(slices):
+        rows.append({"slice": int(s), **slice_metrics(prob[i], labels[s], cfg.threshold)})
+    return rows, prob
+
+
+def over_folds(per_fold: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """Mean and standard deviation over folds of each metric."""
+    out: dict[str, Any] = {"folds": len(per_fold)}
+    for m in METRICS:
+        vals = np.array([f[m] for f in per_fold.values()])
+        out[m] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    return out
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, prob: np.ndarray, threshold: float) -> np.ndarray:
+    """RGB strip: image | label | prediction | errors (false interior red, missed interior blue)."""
+    grey = (to_unit(image[None])[0] * 255).astype(np.uint8)
+    pred = prob > threshold
+    err = np.stack([grey // 2] * 3, -1)
+    err[pred & (labels == 0)] = (255, 0, 0)
+    err[~pred & (labels == 1)] = (0, 80, 255)
+    panels = [np.stack([g] * 3, -1) for g in (grey, labels * 255, (prob * 255).astype(np.uint8))] + [err]
+    gap = np.full((grey.shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([x for p in panels for x in (p, gap)][:-1], axis=1).astype(np.uint8)
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+
+
+def fold_summary(fold: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"fold": fold, "slices": [r["slice"] for r in rows], **summarise(rows)}

@@ -1,0 +1,33 @@
+"""What every stage CLI shares: logging setup, params loading, and one-line errors with exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from unet import config
+
+EXPECTED = (ValueError, RuntimeError, OSError)  # DataError, DownloadError, ValidationFailed and bad params
+
+
+def parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m unet.stages.{stage}", description=(doc or "").split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    return p
+
+
+def run(stage: str, main: Callable[[argparse.Namespace, config.Config], None], args: argparse.Namespace) -> None:
+    """Configure logging, load params, run ``main``; expected errors become one line on stderr and exit 1."""
+    logging.basicConfig(level=logging.INFO, format=f"{stage}: %(message)s", stream=sys.stderr)
+    try:
+        cfg = config.load(args.params)
+        main(args, cfg)
+    except EXPECTED as exc:
+        if os.environ.get("UNET_TRACEBACK"):
+            raise
+        msg = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+        print(f"{stage}: error: {msg}", file=sys.stderr)
+        sys.exit(1)

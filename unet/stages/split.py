@@ -1,0 +1,31 @@
+"""split stage: write ``data/folds.json``, an exact seeded k-fold partition of the labelled slices."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from unet.config import Config
+from unet.folds import check_partition, kfold
+from unet.io import read_stack, write_json
+from unet.stages import _cli
+
+log = logging.getLogger(__name__)
+
+
+def main(args: argparse.Namespace, cfg: Config) -> None:
+    labels = Path(args.raw) / cfg.download.labels
+    n = len(read_stack(labels))
+    folds = kfold(n, cfg.split.k, cfg.split.seed)
+    check_partition(folds, n)
+    write_json(args.out, folds)
+    sizes = [len(f["val"]) for f in folds["folds"]]
+    log.info("%d slices -> %d folds (validation sizes %s) -> %s", n, cfg.split.k, sizes, args.out)
+
+
+if __name__ == "__main__":
+    p = _cli.parser("split", __doc__)
+    p.add_argument("--raw", default="data/raw")
+    p.add_argument("--out", default="data/folds.json")
+    _cli.run("split", main, p.parse_args())

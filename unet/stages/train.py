@@ -1,0 +1,57 @@
+"""train stage: train one fold (``--fold k``, a DVC matrix item) into ``models/fold<k>/``.
+
+Writes ``model.keras``, ``checkpoints/``, ``config.json`` (the resolved params), DVCLive's
+``metrics.json`` and ``plots/``. A rerun after a kill resumes from the newest matching checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from unet import distributed
+from unet.config import Config, to_dict
+from unet.io import read_stack, write_json
+from unet.stages import _cli
+from unet.training import make_data, train
+
+log = logging.getLogger(__name__)
+
+
+def main(args: argparse.Namespace, cfg: Config) -> None:
+    distributed.configure(cfg.runtime, cfg.train.seed)
+    raw, workdir = Path(args.raw), Path(args.out)
+    folds = json.loads(Path(args.folds).read_text())
+    if not 0 <= args.fold < len(folds["folds"]):
+        raise ValueError(f"--fold: invalid value {args.fold}: {args.folds} has folds 0..{len(folds['folds']) - 1}")
+    idx = folds["folds"][args.fold]["train"]
+    images = read_stack(raw / cfg.download.images[0])[idx]
+    labels = read_stack(raw / cfg.download.labels)[idx]
+    data = make_data(images, labels, cfg.train.loss)
+    log.info(
+        "fold %d: %d training slices, backend %s, precision %s, %d steps x batch %d",
+        args.fold,
+        len(idx),
+        distributed.backend(),
+        cfg.runtime.precision,
+        cfg.train.max_steps,
+        cfg.train.batch_size,
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_chief():
+        write_json(workdir / "config.json", {"fold": args.fold, **to_dict(cfg)})
+    metrics = train(cfg, data, workdir)
+    log.info("fold %d done: %s", args.fold, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    p = _cli.parser("train", __doc__)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--raw", default="data/raw")
+    p.add_argument("--folds", default="data/folds.json")
+    p.add_argument("--out", help="output directory (default: models/fold<k>)")
+    a = p.parse_args()
+    a.out = a.out or f"models/fold{a.fold}"
+    _cli.run("train", main, a)

@@ -1,0 +1,205 @@
+"""Steps-based training of one fold: on-device augmentation inside the step, Adam with warm-up, exact resume.
+
+``train(cfg, data, workdir)`` wraps ``compile`` + ``fit``. The model that ``fit`` sees is a
+:class:`Trainer`: it augments a batch of whole slices into tiles, runs the U-Net, and hands the
+augmented labels to the loss, so all per-pixel work runs inside the (XLA-compiled) step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from unet import checkpoint, distributed
+from unet.augment import augment, draw_params
+from unet.config import Config, LossConfig, TrainConfig, fingerprint, to_dict
+from unet.geometry import output_size
+from unet.io import atomic_path, to_binary
+from unet.losses import SegmentationLoss, SoftDice, border_weights
+from unet.model import build_unet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SliceData:
+    """Whole slices held in host memory: images (N, H, W), labels (N, H, W) in {0, 1}, optional weights."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray | None = None
+
+
+def make_data(images: np.ndarray, labels: np.ndarray, loss: LossConfig) -> SliceData:
+    """Binarise labels (larger value = foreground), scale non-uint8 images to [0, 1], add weight maps."""
+    if images.dtype != np.uint8:
+        lo, hi = float(images.min()), float(images.max())
+        images = ((images - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+    labels = to_binary(labels)
+    weights = np.stack([border_weights(lab, loss.w0, loss.sigma) for lab in labels]) if loss.border_weight else None
+    return SliceData(images, labels, weights)
+
+
+def batches(
+    data: SliceData, cfg: TrainConfig, start: int, tile: int, out: int, shard: int = 0
+) -> Iterator[tuple[dict[str, np.ndarray]]]:
+    """Yield training batches from step ``start`` on; batch ``s`` depends only on (seed, s, shard)."""
+    step = start
+    while True:
+        rng = np.random.default_rng([cfg.seed, step, shard])
+        idx = np.sort(rng.integers(0, len(data.images), size=cfg.batch_size))
+        batch = {
+            "image": data.images[idx],
+            "label": data.labels[idx],
+            **draw_params(rng, cfg.batch_size, cfg.augment, (data.images.shape[1], data.images.shape[2]), tile, out),
+        }
+        if data.weights is not None:
+            batch["weight"] = data.weights[idx]
+        yield (batch,)  # Keras reads a 1-tuple as (x,)
+        step += 1
+
+
+@keras.saving.register_keras_serializable(package="unet")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 0 at ``total`` steps."""
+
+    def __init__(self, lr: float, warmup: int, total: int, kind: str = "constant"):
+        self.lr, self.warmup, self.total, self.kind = lr, warmup, total, kind
+
+    def __call__(self, step: Any) -> Any:
+        step = ops.cast(step, "float32")
+        rate = self.lr * ops.minimum(1.0, (step + 1.0) / max(self.warmup, 1))
+        if self.kind == "cosine":
+            rate = rate * 0.5 * (1.0 + ops.cos(math.pi * ops.minimum(step / self.total, 1.0)))
+        return rate
+
+    def get_config(self) -> dict[str, Any]:
+        return {"lr": self.lr, "warmup": self.warmup, "total": self.total, "kind": self.kind}
+
+
+class Trainer(keras.Model):
+    """Wraps the U-Net for ``fit``: input is a batch of whole slices plus augmentation parameters."""
+
+    def __init__(self, unet: keras.Model, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.unet = unet
+        self.tile = int(unet.input_shape[1])
+        self.out = int(unet.output_shape[1])
+
+    def call(self, batch: dict[str, Any], training: bool = False) -> tuple[Any, Any]:
+        image, label, weight = augment(batch, self.tile, self.out)
+        return self.unet(image, training=training), ops.stack([label, weight], axis=-1)
+
+    def compute_loss(
+        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
+    ) -> Any:
+        logits, target = y_pred
+        return super().compute_loss(x, target, logits, sample_weight, training=training)
+
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        logits, target = y_pred
+        return super().compute_metrics(x, target, logits, sample_weight)
+
+
+def make_trainer(cfg: Config) -> Trainer:
+    """Build and compile the trainer (the optimizer is built too, so a checkpoint can be restored)."""
+    t = cfg.train
+    trainer = Trainer(build_unet(t.model))
+    scale = distributed.world_size()  # linear LR scaling with the global batch: the one place it happens
+    opt = keras.optimizers.Adam(
+        WarmupSchedule(t.learning_rate * scale, t.warmup_steps, t.max_steps, t.schedule),
+        weight_decay=t.weight_decay or None,
+    )
+    trainer.compile(
+        optimizer=opt,
+        loss=SegmentationLoss(t.loss.dice_weight),
+        metrics=[SoftDice()],
+        jit_compile=distributed.jit_compile(cfg.runtime),
+    )
+    trainer.optimizer.build(trainer.trainable_variables)
+    return trainer
+
+
+class _Monitor(keras.callbacks.Callback):
+    """Every epoch (``steps_per_epoch`` steps): stop on a non-finite loss, log, checkpoint (rank 0)."""
+
+    def __init__(self, cfg: Config, workdir: Path, start: int, live: Any):
+        super().__init__()
+        self.cfg, self.workdir, self.live = cfg, workdir, live
+        self.step, self.t0 = start, time.perf_counter()
+        self.failed: str | None = None
+        self.meta = {"fingerprint": fingerprint(cfg.train), "config": to_dict(cfg)}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        t = self.cfg.train
+        logs = dict(logs or {})
+        self.step = (epoch + 1) * t.steps_per_epoch
+        if not all(math.isfinite(float(v)) for v in logs.values()):
+            self.failed = f"non-finite loss/metric at step {self.step}: {logs}"
+            self.model.stop_training = True
+            return
+        dt, self.t0 = time.perf_counter() - self.t0, time.perf_counter()
+        logs["img_per_s"] = t.steps_per_epoch * t.batch_size / dt
+        if not distributed.is_chief():
+            return
+        self.live.step = self.step
+        for k, v in logs.items():
+            self.live.log_metric(k, float(v))
+        self.live.make_summary()
+        if self.step % t.checkpoint_every == 0 or self.step >= t.max_steps:
+            checkpoint.save(self.workdir / "checkpoints", self.step, self.model, self.meta, t.keep_checkpoints)
+
+
+def train(cfg: Config, data: SliceData, workdir: str | Path, callbacks: list[Any] | None = None) -> dict[str, float]:
+    """Train ``cfg.train`` on ``data``; write checkpoints, metrics and ``model.keras`` under ``workdir``.
+
+    Resumes from the newest checkpoint in ``workdir/checkpoints`` written with the same train params.
+
+    Raises:
+        RuntimeError: the loss became NaN/Inf (the last good checkpoint is kept).
+    """
+    from dvclive import Live
+
+    t, workdir = cfg.train, Path(workdir)
+    trainer = make_trainer(cfg)
+    start = 0
+    found = checkpoint.latest(workdir / "checkpoints", fingerprint(t))
+    if found:
+        checkpoint.restore(found[0], trainer)
+        start = found[1]["step"]
+        log.info("resuming from %s (step %d of %d)", found[0], start, t.max_steps)
+    epochs = math.ceil(t.max_steps / t.steps_per_epoch)
+    out = output_size(t.model.tile, t.model.depth) or 0
+    chief = distributed.is_chief()
+    live = Live(str(workdir), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) if chief else None
+    monitor = _Monitor(cfg, workdir, start, live)
+    if start < epochs * t.steps_per_epoch:
+        trainer.fit(
+            batches(data, t, start, t.model.tile, out, shard=distributed.rank()),
+            epochs=epochs,
+            initial_epoch=start // t.steps_per_epoch,
+            steps_per_epoch=t.steps_per_epoch,
+            shuffle=False,
+            callbacks=[monitor, *distributed.callbacks(), *(callbacks or [])],
+            verbose=(1 if sys.stdout.isatty() else 2) if chief else 0,
+        )
+    if monitor.failed:
+        raise RuntimeError(
+            f"{workdir}: training stopped: {monitor.failed}; last good checkpoint kept in {workdir / 'checkpoints'}"
+        )
+    if live is not None:
+        with atomic_path(workdir / "model.keras") as tmp:
+            trainer.unet.save(tmp)
+        live.end()
+    summary = {k: float(v) for k, v in (monitor.live.summary if live else {}).items() if isinstance(v, int | float)}
+    return summary
