@@ -91,7 +91,9 @@ class Trainer(keras.Model):
     """Wraps the U-Net for ``fit``: input is a batch of whole slices plus augmentation parameters."""
 
     def __init__(self, unet: keras.Model, **kwargs: Any):
-        super().__init__(**kwargs)
+        # float32 here keeps the slices and augmentation parameters in float32 under mixed precision;
+        # the U-Net's layers carry their own (mixed) policy
+        super().__init__(dtype="float32", **kwargs)
         self.unet = unet
         self.tile = int(unet.input_shape[1])
         self.out = int(unet.output_shape[1])
@@ -114,12 +116,15 @@ class Trainer(keras.Model):
 def make_trainer(cfg: Config) -> Trainer:
     """Build and compile the trainer (the optimizer is built too, so a checkpoint can be restored)."""
     t = cfg.train
+    keras.utils.set_random_seed(t.seed)  # the initial weights depend on the seed alone
     trainer = Trainer(build_unet(t.model))
     scale = distributed.world_size()  # linear LR scaling with the global batch: the one place it happens
     opt = keras.optimizers.Adam(
         WarmupSchedule(t.learning_rate * scale, t.warmup_steps, t.max_steps, t.schedule),
         weight_decay=t.weight_decay or None,
     )
+    if cfg.runtime.precision == "mixed_float16":  # dynamic loss scaling keeps float16 gradients in range
+        opt = keras.optimizers.LossScaleOptimizer(opt)
     trainer.compile(
         optimizer=opt,
         loss=SegmentationLoss(t.loss.dice_weight),

@@ -1,0 +1,109 @@
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from unet.config import Config, TrainConfig
+from unet.training import make_data, make_trainer, train
+
+from .conftest import synthetic
+
+pytestmark = pytest.mark.core
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAt(keras.callbacks.Callback):
+    """Simulates a kill: raises in the middle of an epoch, after a checkpoint was written."""
+
+    def __init__(self, step: int, steps_per_epoch: int):
+        super().__init__()
+        self.step, self.spe, self.epoch = step, steps_per_epoch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch * self.spe + batch + 1 == self.step:
+            raise Killed()
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, labels = synthetic(6, 64)
+    return make_data(images, labels, TrainConfig().loss)
+
+
+def _weights(path):
+    return [w for w in keras.saving.load_model(path, compile=False).get_weights()]
+
+
+def test_short_run_writes_model_metrics_and_checkpoints(tiny_cfg, data, tmp_path):
+    metrics = train(tiny_cfg, data, tmp_path)
+    assert metrics["step"] == 20 and np.isfinite(metrics["loss"]) and 0 < metrics["soft_dice"] <= 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 20
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000010", "step-00000020"]
+    assert (tmp_path / "plots" / "metrics" / "loss.tsv").read_text().count("\n") == 5  # header + 4 epochs
+    model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert model.output_shape == (None, 52, 52, 2)
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_cfg, data, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_cfg, data, straight)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        train(tiny_cfg, data, resumed, callbacks=[KillAt(12, tiny_cfg.train.steps_per_epoch)])
+    assert not (resumed / "model.keras").exists()
+    assert [p.name for p in (resumed / "checkpoints").iterdir()] == ["step-00000010"]
+    metrics = train(tiny_cfg, data, resumed)
+    assert metrics["step"] == 20
+    for a, b in zip(_weights(straight / "model.keras"), _weights(resumed / "model.keras"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    loss = lambda d: (d / "plots" / "metrics" / "loss.tsv").read_text().splitlines()  # noqa: E731
+    assert loss(straight) == loss(resumed)  # the curves continue where they stopped
+
+
+def test_changed_params_do_not_resume(tiny_cfg, data, tmp_path):
+    train(tiny_cfg, data, tmp_path)
+    other = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, max_steps=10))
+    assert train(other, data, tmp_path)["step"] == 10  # trained afresh, not "already done"
+
+
+class PoisonAfterFirstEpoch(keras.callbacks.Callback):
+    """Turns the head's bias into NaN once the first epoch (and its checkpoint) is done."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            bias = self.model.unet.get_layer("logits").bias
+            bias.assign(np.full(bias.shape, np.nan, np.float32))
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_cfg, data, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, checkpoint_every=5))
+    with pytest.raises(RuntimeError, match=r"non-finite loss/metric at step 10: .*last good checkpoint kept"):
+        train(cfg, data, tmp_path, callbacks=[PoisonAfterFirstEpoch()])
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000005"]
+    assert not (tmp_path / "model.keras").exists()
+    state = np.load(tmp_path / "checkpoints" / "step-00000005" / "state.npz")
+    assert all(np.isfinite(state[k]).all() for k in state.files if state[k].dtype.kind == "f")
+
+
+def test_mixed_float16_trains_with_loss_scaling(tiny_cfg, data, tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        cfg = dataclasses.replace(tiny_cfg, runtime=dataclasses.replace(tiny_cfg.runtime, precision="mixed_float16"))
+        trainer = make_trainer(cfg)
+        assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+        metrics = train(cfg, data, tmp_path)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(metrics["loss"])
+
+
+def test_tiny_config_is_valid(tiny_cfg):
+    assert isinstance(tiny_cfg, Config) and tiny_cfg.train.model.tile == 92
