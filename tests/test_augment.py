@@ -60,6 +60,10 @@ def test_pure_crop_matches_numpy_reflect_padding():
     for i in range(2):
         y0, x0 = (p["center"][i] - 45.5).astype(int) + 60 + margin
         np.testing.assert_allclose(img[i, ..., 0], padded[i, y0 : y0 + 92, x0 : x0 + 92] / 255.0, atol=1e-6)
+        lab_padded = np.pad(labels[i] // 255, margin + 60, mode="reflect")
+        np.testing.assert_array_equal(
+            lab[i], lab_padded[y0 + margin : y0 + margin + 52, x0 + margin : x0 + margin + 52]
+        )
 
 
 def test_reflect_matches_numpy():

@@ -59,7 +59,7 @@ def test_cpu_preset_applies_in_place_and_keeps_comments(tmp_path):
     cfg = config.load(p)
     assert (cfg.train.model.base_filters, cfg.train.model.depth, cfg.runtime.precision) == (8, 4, "float32")
     assert "# Every hyperparameter" in p.read_text()
-    with pytest.raises(ValueError, match="train.model.tile"):
+    with pytest.raises(ValueError, match=r"train\.model\.tile"):
         apply(p, {"train.model.tile": 189})
     assert config.load(p) == cfg  # a rejected preset leaves the file as it was
 
