@@ -35,6 +35,8 @@ def read_stack(path: str | Path, *, name: str | None = None) -> np.ndarray:
     """
     path = Path(path)
     label = name or str(path)
+    if not path.is_file():
+        raise DataError(f"{label}: no such file")
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{label}: empty file")

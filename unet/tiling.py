@@ -65,8 +65,10 @@ def predict_slice(model: keras.Model, image: np.ndarray, batch_size: int) -> np.
     result = np.empty((ny * out, nx * out), np.float32)
     for start in range(0, len(corners), batch_size):
         chunk = corners[start : start + batch_size]
-        batch = np.stack([padded[y : y + tile, x : x + tile] for y, x in chunk])[..., None]
-        logits = np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)), np.float32)
+        batch = np.zeros((batch_size, tile, tile, 1), np.float32)  # always full: one compiled shape
+        for j, (y, x) in enumerate(chunk):
+            batch[j, ..., 0] = padded[y : y + tile, x : x + tile]
+        logits = np.asarray(model.predict_on_batch(batch), np.float32)[: len(chunk)]
         prob = 1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))  # softmax, class 1
         for (y, x), p in zip(chunk, prob, strict=True):
             result[y : y + out, x : x + out] = p

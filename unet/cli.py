@@ -1,0 +1,74 @@
+"""The ``unet`` console script. ``unet predict IN.tif OUT.tif`` turns a grey stack of any size into
+float32 foreground probabilities (1 = cell interior, the polarity of ``train-labels.tif``) or binary masks,
+by overlap-tile inference with one model or an ensemble, optionally with test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def predict(args: argparse.Namespace) -> None:
+    import keras
+    from tqdm import tqdm
+
+    from unet.evaluation import to_unit
+    from unet.export import ensemble
+    from unet.io import DataError, read_stack, write_stack
+    from unet.tiling import predict_slices
+
+    images = read_stack(args.input)
+    models = []
+    for path in args.models:
+        if not Path(path).is_file():
+            raise DataError(f"{path}: no such model file")
+        try:
+            models.append(keras.saving.load_model(path, compile=False))
+        except Exception as exc:  # Keras raises many types for a file that is not a model
+            raise DataError(f"{path}: not a Keras model ({str(exc).splitlines()[0][:120]})") from exc
+        shape = models[-1].input_shape
+        if len(shape) != 4 or shape[-1] != 1 or models[-1].output_shape[-1] != 2:
+            raise DataError(f"{path}: not a 1-channel-in, 2-class-out segmentation model (input {shape})")
+    model = ensemble(models)
+    passes = len(images) * (8 if args.tta else 1)
+    with tqdm(total=passes, unit="slice", desc="predict", disable=None, file=sys.stderr) as bar:
+        prob = predict_slices([model], to_unit(images), args.batch_size, args.tta, progress=bar.update)
+    out = (prob > args.threshold).astype(np.uint8) * 255 if args.threshold is not None else prob.astype(np.float32)
+    write_stack(args.output, out)
+    kind = f"masks (threshold {args.threshold})" if args.threshold is not None else "float32 probabilities"
+    print(f"unet predict: wrote {args.output}: {out.shape[0]}x{out.shape[1]}x{out.shape[2]} {kind}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="unet", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("predict", help="segment a TIFF stack")
+    pr.add_argument("input", help="grey-value TIFF stack (N, H, W) or single image")
+    pr.add_argument("output", help="output TIFF: float32 probabilities, or uint8 masks with --threshold")
+    pr.add_argument(
+        "--models",
+        nargs="+",
+        default=["models/registered/model.keras"],
+        help="one or more .keras models; several are averaged (default: %(default)s)",
+    )
+    pr.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
+    pr.add_argument("--threshold", type=float, help="write binary masks (0/255) at this probability")
+    pr.add_argument("--batch-size", type=int, default=8)
+    args = p.parse_args(argv)
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        p.error(f"--threshold: invalid value {args.threshold}: must be in (0, 1)")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        predict(args)
+    except (ValueError, OSError) as exc:
+        print(f"unet predict: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
