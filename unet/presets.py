@@ -93,3 +93,24 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def overrides(
+    preset: str | None = None,
+    steps: int | None = None,
+    precision: str | None = None,
+    xla: bool | None = None,
+    gpus: int | None = None,
+) -> dict[str, Any]:
+    """Dotted ``params.yaml`` overrides from a preset plus explicit values (explicit values win)."""
+    if preset == "auto":
+        preset = "gpu" if gpu_count() else "cpu"
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset: invalid value {preset!r}: must be one of {[*PRESETS, 'auto']}")
+    out = dict(PRESETS[preset]) if preset else {}
+    explicit = {"train.max_steps": steps, "runtime.precision": precision, "runtime.xla": xla, "runtime.gpus": gpus}
+    out |= {k: v for k, v in explicit.items() if v is not None}
+    if steps is not None:  # keep the epoch/checkpoint cadence valid for short runs
+        spe = min(int(out.get("train.steps_per_epoch", 100)), steps)
+        out |= {"train.steps_per_epoch": spe, "train.checkpoint_every": spe * max(1, min(5, steps // spe))}
+    return out
