@@ -25,8 +25,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy unet flows benchmarks
 
+# The default suite on TensorFlow, the backend-neutral core again on JAX, then the slow end-to-end runs.
 test: lint
 	$(BIN)/pytest
+	KERAS_BACKEND=jax $(BIN)/pytest -m core
+	$(BIN)/pytest -m slow
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

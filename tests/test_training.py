@@ -105,5 +105,13 @@ def test_mixed_float16_trains_with_loss_scaling(tiny_cfg, data, tmp_path):
     assert np.isfinite(metrics["loss"])
 
 
+def test_step_compiles_with_xla(tiny_cfg, data, tmp_path):
+    """Every op of the step (augmentation included) must lower to XLA: the GPU recipe runs with jit_compile."""
+    t = dataclasses.replace(tiny_cfg.train, max_steps=5, checkpoint_every=5)
+    cfg = dataclasses.replace(tiny_cfg, train=t, runtime=dataclasses.replace(tiny_cfg.runtime, xla=True))
+    assert make_trainer(cfg).jit_compile is True
+    assert np.isfinite(train(cfg, data, tmp_path)["loss"])
+
+
 def test_tiny_config_is_valid(tiny_cfg):
     assert isinstance(tiny_cfg, Config) and tiny_cfg.train.model.tile == 92

@@ -1,0 +1,1 @@
+"""Throughput benchmarks: each prints a table and writes JSON + Markdown to benchmarks/results/."""
