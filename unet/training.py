@@ -51,20 +51,24 @@ def make_data(images: np.ndarray, labels: np.ndarray, loss: LossConfig) -> Slice
 
 
 def batches(
-    data: SliceData, cfg: TrainConfig, start: int, tile: int, out: int, shard: int = 0
+    data: SliceData, cfg: TrainConfig, start: int, tile: int, out: int, rank: int = 0, world: int = 1
 ) -> Iterator[tuple[dict[str, np.ndarray]]]:
-    """Yield training batches from step ``start`` on; batch ``s`` depends only on (seed, s, shard)."""
-    step = start
+    """Yield this process's share of each global batch from step ``start`` on.
+
+    Global batch ``s`` depends only on (seed, s); process ``rank`` of ``world`` takes the ``rank``-th equal
+    slice of it, so any number of processes trains on exactly the same samples.
+    """
+    step, per = start, cfg.batch_size // world
+    hw = (data.images.shape[1], data.images.shape[2])
     while True:
-        rng = np.random.default_rng([cfg.seed, step, shard])
-        idx = np.sort(rng.integers(0, len(data.images), size=cfg.batch_size))
-        batch = {
-            "image": data.images[idx],
-            "label": data.labels[idx],
-            **draw_params(rng, cfg.batch_size, cfg.augment, (data.images.shape[1], data.images.shape[2]), tile, out),
-        }
+        rng = np.random.default_rng([cfg.seed, step])
+        idx = rng.integers(0, len(data.images), size=cfg.batch_size)
+        params = draw_params(rng, cfg.batch_size, cfg.augment, hw, tile, out)
+        mine = slice(rank * per, (rank + 1) * per)
+        batch = {"image": data.images[idx[mine]], "label": data.labels[idx[mine]]}
+        batch |= {k: v[mine] for k, v in params.items()}
         if data.weights is not None:
-            batch["weight"] = data.weights[idx]
+            batch["weight"] = data.weights[idx[mine]]
         yield (batch,)  # Keras reads a 1-tuple as (x,)
         step += 1
 
@@ -97,6 +101,14 @@ class Trainer(keras.Model):
         self.unet = unet
         self.tile = int(unet.input_shape[1])
         self.out = int(unet.output_shape[1])
+        self.xla_gradients = False
+
+    def train_step(self, *args: Any) -> Any:
+        # (data) on TensorFlow, (state, data) on JAX; Horovod (TensorFlow only) averages gradients across
+        # ranks, the one reason to override the step
+        if distributed.under_horovod():
+            return distributed.horovod_train_step(self, args[-1], xla=self.xla_gradients)
+        return super().train_step(*args)
 
     def call(self, batch: dict[str, Any], training: bool = False) -> tuple[Any, Any]:
         image, label, weight = augment(batch, self.tile, self.out)
@@ -118,9 +130,9 @@ def make_trainer(cfg: Config) -> Trainer:
     t = cfg.train
     keras.utils.set_random_seed(t.seed)  # the initial weights depend on the seed alone
     trainer = Trainer(build_unet(t.model))
-    scale = distributed.world_size()  # linear LR scaling with the global batch: the one place it happens
+    _, lr, steps = distributed.per_replica(t)
     opt = keras.optimizers.Adam(
-        WarmupSchedule(t.learning_rate * scale, t.warmup_steps, t.max_steps, t.schedule),
+        WarmupSchedule(lr, t.warmup_steps, steps, t.schedule),
         weight_decay=t.weight_decay or None,
     )
     if cfg.runtime.precision == "mixed_float16":  # dynamic loss scaling keeps float16 gradients in range
@@ -132,6 +144,7 @@ def make_trainer(cfg: Config) -> Trainer:
         jit_compile=distributed.jit_compile(cfg.runtime),
     )
     trainer.optimizer.build(trainer.trainable_variables)
+    trainer.xla_gradients = cfg.runtime.xla
     return trainer
 
 
@@ -183,6 +196,7 @@ def train(cfg: Config, data: SliceData, workdir: str | Path, callbacks: list[Any
         checkpoint.restore(found[0], trainer)
         start = found[1]["step"]
         log.info("resuming from %s (step %d of %d)", found[0], start, t.max_steps)
+    distributed.broadcast_state(trainer)
     epochs = math.ceil(t.max_steps / t.steps_per_epoch)
     out = output_size(t.model.tile, t.model.depth) or 0
     chief = distributed.is_chief()
@@ -190,7 +204,7 @@ def train(cfg: Config, data: SliceData, workdir: str | Path, callbacks: list[Any
     monitor = _Monitor(cfg, workdir, start, live)
     if start < epochs * t.steps_per_epoch:
         trainer.fit(
-            batches(data, t, start, t.model.tile, out, shard=distributed.rank()),
+            batches(data, t, start, t.model.tile, out, distributed.rank(), distributed.per_replica_count()),
             epochs=epochs,
             initial_epoch=start // t.steps_per_epoch,
             steps_per_epoch=t.steps_per_epoch,

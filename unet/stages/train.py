@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from unet import distributed
@@ -21,6 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
+    relaunch = distributed.horovod_command(cfg.runtime, ["-m", "unet.stages.train", *sys.argv[1:]])
+    if relaunch:  # runtime.gpus > 1 on TensorFlow: the same command on every Horovod rank
+        log.info("starting %d Horovod processes: %s", cfg.runtime.gpus, " ".join(relaunch))
+        code = subprocess.run(relaunch).returncode
+        if code:
+            raise RuntimeError(f"horovodrun exited {code}: a rank failed (its error is above)")
+        return
     distributed.configure(cfg.runtime, cfg.train.seed)
     raw, workdir = Path(args.raw), Path(args.out)
     folds = json.loads(Path(args.folds).read_text())

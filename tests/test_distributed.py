@@ -1,0 +1,83 @@
+"""Data parallelism: Horovod over Gloo on 2 CPU ranks (TensorFlow), and DataParallel over 2 host devices (JAX)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT, TINY
+
+WORKER = ROOT / "tests" / "hvd_worker.py"
+BIN = Path(sys.executable).parent
+needs_horovod = pytest.mark.skipif(
+    shutil.which("horovodrun", path=f"{BIN}:{os.environ.get('PATH', '')}") is None and not os.environ.get("CI"),
+    reason="Horovod not built (make horovod); required in CI",
+)
+
+
+def config(**runtime) -> str:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["train"] |= {"batch_size": 4, "max_steps": 6, "steps_per_epoch": 3, "checkpoint_every": 3}
+    cfg["runtime"] |= runtime
+    return json.dumps(cfg)
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def weights(path: Path) -> list[np.ndarray]:
+    with np.load(path) as f:
+        return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
+
+
+def horovod(np_: int, cfg: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    out.mkdir(parents=True, exist_ok=True)
+    return run(["horovodrun", "-np", str(np_), "--gloo", sys.executable, str(WORKER), cfg, str(out), *extra])
+
+
+@needs_horovod
+@pytest.mark.parametrize("runtime", [{}, {"xla": True}, {"precision": "mixed_float16"}], ids=["fp32", "xla", "fp16"])
+def test_two_ranks_stay_identical_and_match_one_rank(tmp_path, runtime):
+    cfg = config(gpus=2, **runtime)
+    r = horovod(2, cfg, tmp_path / "two")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rank0, rank1 = weights(tmp_path / "two" / "rank0.npz"), weights(tmp_path / "two" / "rank1.npz")
+    for a, b in zip(rank0, rank1, strict=True):
+        np.testing.assert_array_equal(a, b)  # bit-identical across ranks
+    (tmp_path / "one").mkdir()
+    r = run([sys.executable, str(WORKER), config(gpus=1, **runtime), str(tmp_path / "one")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    atol = 2e-3 if runtime.get("precision") == "mixed_float16" else 2e-5
+    for a, b in zip(rank0, weights(tmp_path / "one" / "rank0.npz"), strict=True):
+        np.testing.assert_allclose(a, b, atol=atol)  # same global batch, averaged gradients
+    assert (tmp_path / "two" / "run" / "model.keras").is_file()  # rank 0 alone writes outputs
+    assert sorted(p.name for p in (tmp_path / "two" / "run" / "checkpoints").iterdir()) == [
+        "step-00000003",
+        "step-00000006",
+    ]
+
+
+@needs_horovod
+def test_a_crashing_rank_fails_the_job_instead_of_hanging(tmp_path):
+    r = horovod(2, config(gpus=2), tmp_path / "crash", "--crash-rank", "1")
+    assert r.returncode != 0
+    assert "crashes on purpose" in r.stdout + r.stderr
+
+
+def test_jax_data_parallel_over_two_devices_matches_one(tmp_path):
+    env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    for name, gpus in (("two", 2), ("one", 1)):
+        (tmp_path / name).mkdir()
+        r = run([sys.executable, str(WORKER), config(gpus=gpus), str(tmp_path / name)], env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+    for a, b in zip(weights(tmp_path / "two" / "rank0.npz"), weights(tmp_path / "one" / "rank0.npz"), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5)
