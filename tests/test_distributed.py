@@ -81,3 +81,52 @@ def test_jax_data_parallel_over_two_devices_matches_one(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     for a, b in zip(weights(tmp_path / "two" / "rank0.npz"), weights(tmp_path / "one" / "rank0.npz"), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@needs_horovod
+def test_train_stage_relaunches_itself_under_horovodrun(tmp_path):
+    import tifffile
+    import yaml
+
+    from unet.folds import kfold
+
+    from .conftest import synthetic
+
+    images, labels = synthetic(6, 64)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    tifffile.imwrite(raw / "train-volume.tif", images)
+    tifffile.imwrite(raw / "train-labels.tif", labels)
+    (tmp_path / "folds.json").write_text(json.dumps(kfold(6, 2, 0)))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(json.loads(config(gpus=2))))
+    out = tmp_path / "fold0"
+    r = run(
+        [
+            sys.executable,
+            "-m",
+            "unet.stages.train",
+            "--fold",
+            "0",
+            "--params",
+            str(params),
+            "--raw",
+            str(raw),
+            "--folds",
+            str(tmp_path / "folds.json"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "starting 2 Horovod processes: horovodrun -np 2 --gloo" in r.stderr
+    assert (out / "model.keras").is_file() and json.loads((out / "metrics.json").read_text())["step"] == 6
+    assert r.stdout.count("Epoch 2/2") == 1  # rank 0 alone prints progress
+
+
+def test_no_relaunch_on_one_gpu_or_in_fold_parallel_mode():
+    from unet.config import RuntimeConfig
+    from unet.distributed import horovod_command
+
+    assert horovod_command(RuntimeConfig(gpus=1), ["x"]) is None
+    assert horovod_command(RuntimeConfig(gpus=4, parallel="fold"), ["x"]) is None

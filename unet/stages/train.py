@@ -39,20 +39,23 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
     images = read_stack(raw / cfg.download.images[0])[idx]
     labels = read_stack(raw / cfg.download.labels)[idx]
     data = make_data(images, labels, cfg.train.loss)
-    log.info(
-        "fold %d: %d training slices, backend %s, precision %s, %d steps x batch %d",
-        args.fold,
-        len(idx),
-        distributed.backend(),
-        cfg.runtime.precision,
-        cfg.train.max_steps,
-        cfg.train.batch_size,
-    )
-    workdir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_chief():
+    chief = distributed.is_chief()
+    if chief:
+        log.info(
+            "fold %d: %d training slices, backend %s x %d, precision %s, %d steps x global batch %d",
+            args.fold,
+            len(idx),
+            distributed.backend(),
+            distributed.world_size(),
+            cfg.runtime.precision,
+            cfg.train.max_steps,
+            cfg.train.batch_size,
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
         write_json(workdir / "config.json", {"fold": args.fold, **to_dict(cfg)})
     metrics = train(cfg, data, workdir)
-    log.info("fold %d done: %s", args.fold, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if chief:
+        log.info("fold %d done: %s", args.fold, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":
