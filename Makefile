@@ -30,7 +30,7 @@ horovod: $(HVD_STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m unet.presets auto
-	source $(BIN)/activate && dvc repro
+	source $(BIN)/activate && dvc repro && dvc push && python -m unet.stages.register --publish
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,5 +1,5 @@
 """The pipeline as a Prefect flow: ``dvc pull`` -> ``dvc repro`` per stage (one task per fold) ->
-``dvc push``, publishing the fold metrics table and a summary as Prefect artifacts.
+``dvc push`` -> GTO registration, publishing the fold metrics table and a summary as Prefect artifacts.
 
 Flow parameters override ``params.yaml`` in place before ``dvc repro`` (as ``dvc exp run --set-param``
 does), so ``dvc.lock`` records what ran and ``dvc repro`` alone reproduces a Prefect run. With no
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,12 @@ def dvc_push(repo: str) -> None:
 
 
 @task
+def register_version(repo: str) -> None:
+    """Commit the pipeline record and tag it with GTO (the register stage's --publish step)."""
+    _run([sys.executable, "-m", "unet.stages.register", "--publish"], repo)
+
+
+@task
 def publish(repo: str) -> dict[str, Any]:
     """Fold metrics as a table artifact, a Markdown summary with the overlay paths; returns the summary."""
     root = Path(repo)
@@ -114,6 +121,7 @@ def pipeline(
     repro(repo, "register")
     if push:
         dvc_push(repo)
+    register_version(repo)
     return publish(repo)
 
 

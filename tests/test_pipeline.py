@@ -74,9 +74,27 @@ def test_dvc_repro_cpu_preset_end_to_end(isbi, tmp_path):
     assert "metrics/summary.json" in shown.stdout and "vrand" in shown.stdout
     card = json.loads((repo / "models" / "registered" / "card.json").read_text())
     assert card["name"] == "unet-isbi2012" and len(card["folds"]) == 1
-    gto = subprocess.run(["gto", "show", "--json"], cwd=repo, capture_output=True, text=True, env=git_env())
-    assert '"unet-isbi2012"' in gto.stdout or "unet-isbi2012" in gto.stdout
     assert "soft_dice" in (repo / "dvc.yaml").read_text().split("artifacts:")[1]
+    assert dvc(repo, "push").returncode == 0
+    pub = subprocess.run(
+        [sys.executable, "-m", "unet.stages.register", "--publish"],
+        cwd=repo,
+        env=git_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert pub.returncode == 0, pub.stderr[-2000:]
+    gto = subprocess.run(
+        ["gto", "show", "unet-isbi2012", "--json"], cwd=repo, capture_output=True, text=True, env=git_env()
+    )
+    version = json.loads(gto.stdout)[0]
+    assert version["version"] == "v0.0.1" and card["sha256"] in version["message"]
+    assert [s["stage"] for s in version["stages"]] == ["dev"]
+    got = dvc(repo, "artifacts", "get", ".", "unet-isbi2012", "-o", str(tmp_path / "fetched.keras"))
+    assert got.returncode == 0, got.stderr[-2000:]
+    import hashlib
+
+    assert hashlib.sha256((tmp_path / "fetched.keras").read_bytes()).hexdigest() == card["sha256"]
     again = dvc(repo, "repro", ISBI_DATA_DIR=str(isbi))
     assert again.returncode == 0 and "didn't change, skipping" in again.stdout  # cached: nothing reruns
     assert "Running stage" not in again.stdout

@@ -54,7 +54,7 @@ def export(model: keras.Model, directory: str | Path) -> dict[str, str]:
 
 
 def load_saved_model(path: str | Path):  # type: ignore[no-untyped-def]
-    """Load a SavedModel's serving function (TensorFlow only): call it with a float32 batch."""
+    """Load a SavedModel (TensorFlow only); ``.serve(batch)`` runs it. Keep the object alive while serving."""
     import tensorflow as tf
 
-    return tf.saved_model.load(str(path)).serve
+    return tf.saved_model.load(str(path))

@@ -65,14 +65,23 @@ def _tagger_env(cwd: str | Path) -> dict[str, str]:
     return env
 
 
-def tag(name: str, stage: str, digest: str, message: str, cwd: str | Path = ".") -> dict[str, str] | None:
-    """Register a new GTO version of ``name`` at HEAD and assign ``stage``, unless the newest version
-    already holds the model with this ``digest``. Returns the version and stage tags, or ``None``
-    outside a git repository with commits.
+RECORD = ("dvc.lock", "dvc.yaml", "params.yaml")  # what pins a model version in git
+
+
+def publish(name: str, stage: str, card_path: str | Path, cwd: str | Path = ".") -> dict[str, str]:
+    """Commit the pipeline's record (``dvc.lock``, ``dvc.yaml``, ``params.yaml``) if it changed, then tag
+    that commit as a new GTO version of ``name`` and assign ``stage`` — unless the newest version already
+    holds this model (same sha256). Tagging a commit that pins the model is what lets ``dvc artifacts get``
+    and ``gto`` resolve a version to its files.
+
+    Raises:
+        RuntimeError: not a git repository with a commit, or git/GTO failed.
     """
+    env = _tagger_env(cwd)
     if _git("rev-parse", "--verify", "HEAD", cwd=cwd).returncode != 0:
-        log.warning("not tagging with GTO: %s is not a git repository with a commit", Path(cwd).resolve())
-        return None
+        raise RuntimeError(f"{Path(cwd).resolve()}: GTO needs a git repository with at least one commit")
+    card = json.loads(Path(card_path).read_text())
+    digest, message = card["sha256"], card["description"]
     shown = subprocess.run(["gto", "show", name, "--json"], cwd=cwd, capture_output=True, text=True)
     versions = json.loads(shown.stdout) if shown.returncode == 0 and shown.stdout.strip() else []
     for v in versions if isinstance(versions, list) else []:
@@ -80,11 +89,31 @@ def tag(name: str, stage: str, digest: str, message: str, cwd: str | Path = ".")
         if digest in note:
             log.info("GTO: %s %s already holds model %s", name, v["version"], digest[:12])
             return {"version": v["version"], "stage": stage}
+    changed = [p for p in RECORD if _git("status", "--porcelain", "--", p, cwd=cwd).stdout.strip()]
+    if changed:
+        _git("add", "--", *changed, cwd=cwd)
+        r = subprocess.run(
+            ["git", "commit", "-q", "-m", f"{name}: {message}", "--", *changed],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"git commit {' '.join(changed)}: {(r.stderr or r.stdout).strip()}")
+        log.info("committed %s", ", ".join(changed))
     msg = f"{message} (model.keras sha256 {digest})"
     for cmd in (["gto", "register", name, "--message", msg], ["gto", "assign", name, "--stage", stage]):
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=_tagger_env(cwd))
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:3])}: {(r.stderr or r.stdout).strip().splitlines()[-1]}")
-        log.info("GTO: %s", r.stdout.strip().splitlines()[-1] if r.stdout.strip() else " ".join(cmd))
     latest = json.loads(subprocess.run(["gto", "show", name, "--json"], cwd=cwd, capture_output=True, text=True).stdout)
-    return {"version": latest[0]["version"] if latest else "", "stage": stage}
+    version = latest[0]["version"] if latest else ""
+    log.info(
+        "GTO: %s %s registered at %s, stage %s",
+        name,
+        version,
+        _git("rev-parse", "--short", "HEAD", cwd=cwd).stdout.strip(),
+        stage,
+    )
+    return {"version": version, "stage": stage}

@@ -1,7 +1,10 @@
 """register stage: publish the best fold's model (or the all-fold ensemble) to ``models/registered/``.
 
-Exports ``model.keras`` (+ ``saved_model/`` on TensorFlow) and ``card.json``, records the artifact
-with its metrics in ``dvc.yaml`` ``artifacts:``, and tags a GTO version and stage at HEAD.
+As a DVC stage it exports ``model.keras`` (+ ``saved_model/`` on TensorFlow) and ``card.json`` and
+records the artifact with its metrics in ``dvc.yaml`` ``artifacts:``. Run again with ``--publish`` after
+``dvc repro`` and ``dvc push`` (``make run`` and the Prefect flow do), it commits the pipeline's record
+and tags that commit with GTO (``gto register`` + ``gto assign --stage``), so the version resolves to
+the files (``dvc artifacts get``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
     desc = registry.describe(cfg.register.name, folds, scores)
     card = {
         "name": cfg.register.name,
+        "description": desc,
         "folds": folds,
         "select": cfg.register.select,
         "metric": cfg.register.metric,
@@ -56,8 +60,13 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
     }
     write_json(out / "card.json", card)
     registry.record_artifact(args.dvc_yaml, cfg.register.name, paths["keras"], desc)
-    tags = registry.tag(cfg.register.name, cfg.register.stage, digest, desc, cwd=Path(args.dvc_yaml).parent)
-    log.info("%s -> %s%s", desc, out, f" (GTO {tags['version']}, stage {tags['stage']})" if tags else "")
+    log.info("%s -> %s", desc, out)
+
+
+def publish(args: argparse.Namespace, cfg: Config) -> None:
+    registry.publish(
+        cfg.register.name, cfg.register.stage, Path(args.out) / "card.json", cwd=Path(args.dvc_yaml).parent
+    )
 
 
 if __name__ == "__main__":
@@ -66,4 +75,6 @@ if __name__ == "__main__":
     p.add_argument("--models", default="models", help="directory of fold<k>/model.keras")
     p.add_argument("--out", default="models/registered")
     p.add_argument("--dvc-yaml", default="dvc.yaml", help="the dvc.yaml whose artifacts: records the model")
-    _cli.run("register", main, p.parse_args())
+    p.add_argument("--publish", action="store_true", help="commit the record and tag it with GTO (after dvc push)")
+    a = p.parse_args()
+    _cli.run("register", publish if a.publish else main, a)
