@@ -16,6 +16,7 @@ from .conftest import ROOT, TINY
 
 WORKER = ROOT / "tests" / "hvd_worker.py"
 BIN = Path(sys.executable).parent
+# 2-process runs take about a minute each on 2 cores: they run in CI (make test), not in the default suite
 needs_horovod = pytest.mark.skipif(
     shutil.which("horovodrun", path=f"{BIN}:{os.environ.get('PATH', '')}") is None and not os.environ.get("CI"),
     reason="Horovod not built (make horovod); required in CI",
@@ -44,6 +45,7 @@ def horovod(np_: int, cfg: str, out: Path, *extra: str) -> subprocess.CompletedP
     return run(["horovodrun", "-np", str(np_), "--gloo", sys.executable, str(WORKER), cfg, str(out), *extra])
 
 
+@pytest.mark.slow
 @needs_horovod
 @pytest.mark.parametrize("runtime", [{}, {"xla": True}, {"precision": "mixed_float16"}], ids=["fp32", "xla", "fp16"])
 def test_two_ranks_stay_identical_and_match_one_rank(tmp_path, runtime):
@@ -66,6 +68,7 @@ def test_two_ranks_stay_identical_and_match_one_rank(tmp_path, runtime):
     ]
 
 
+@pytest.mark.slow
 @needs_horovod
 def test_a_crashing_rank_fails_the_job_instead_of_hanging(tmp_path):
     r = horovod(2, config(gpus=2), tmp_path / "crash", "--crash-rank", "1")
@@ -73,6 +76,7 @@ def test_a_crashing_rank_fails_the_job_instead_of_hanging(tmp_path):
     assert "crashes on purpose" in r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_over_two_devices_matches_one(tmp_path):
     env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     for name, gpus in (("two", 2), ("one", 1)):
@@ -83,6 +87,7 @@ def test_jax_data_parallel_over_two_devices_matches_one(tmp_path):
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
+@pytest.mark.slow
 @needs_horovod
 def test_train_stage_relaunches_itself_under_horovodrun(tmp_path):
     import tifffile
