@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 $(HVD_STAMP): $(STAMP)
-	$(HOROVOD_ENV) $(BIN)/python -m pip install --no-build-isolation --no-cache-dir -c constraints.txt horovod==0.28.1
+	command -v cmake >/dev/null || $(BIN)/python -m pip install -q cmake==3.31.6  # Horovod's build needs CMake 3
+	$(HOROVOD_ENV) PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pip install --no-build-isolation --no-cache-dir -c constraints.txt horovod==0.28.1
 	$(BIN)/python -c "import horovod.tensorflow as hvd; assert hvd.gloo_built(), 'Horovod built without Gloo'"
 	touch $@
 
