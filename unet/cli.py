@@ -17,9 +17,8 @@ def predict(args: argparse.Namespace) -> None:
     import keras
     from tqdm import tqdm
 
-    from unet.evaluation import to_unit
     from unet.export import ensemble
-    from unet.io import DataError, read_stack, write_stack
+    from unet.io import DataError, read_stack, to_unit, write_stack
     from unet.tiling import predict_slices
 
     images = read_stack(args.input)

@@ -14,19 +14,11 @@ import numpy as np
 from PIL import Image
 
 from unet.config import EvaluateConfig
-from unet.io import atomic_path
+from unet.io import atomic_path, to_unit
 from unet.metrics import METRICS, slice_metrics, summarise
 from unet.tiling import predict_slices
 
 log = logging.getLogger(__name__)
-
-
-def to_unit(images: np.ndarray) -> np.ndarray:
-    """Scale a grey stack to float32 in [0, 1] the way training does (uint8 / 255, else min-max)."""
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 255.0
-    lo, hi = float(images.min()), float(images.max())
-    return ((images - lo) / max(hi - lo, 1e-12)).astype(np.float32)
 
 
 def evaluate_fold(

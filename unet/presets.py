@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unet import config
+from unet.io import roundtrip_yaml
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Small and quick: a depth-4, 8-filter U-Net on 188 px tiles (100 px output); all 5 folds train and
@@ -51,11 +52,7 @@ def gpu_count() -> int:
 
 def apply(path: str | Path, overrides: dict[str, Any]) -> None:
     """Set dotted keys in a YAML file, keeping its comments; the result must load as a valid config."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    yaml.width = 4096
+    yaml = roundtrip_yaml()
     path = Path(path)
     doc = yaml.load(path.read_text())
     for dotted, value in overrides.items():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from unet.config import RegisterConfig
+from unet.io import roundtrip_yaml
 from unet.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,7 @@ def describe(name: str, folds: list[int], metrics: dict[str, float]) -> str:
 
 def record_artifact(dvc_yaml: str | Path, name: str, path: str, desc: str) -> None:
     """Create or update ``artifacts.<name>`` in ``dvc.yaml`` (comments and stages kept)."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    yaml.width = 4096
+    yaml = roundtrip_yaml()
     dvc_yaml = Path(dvc_yaml)
     doc = yaml.load(dvc_yaml.read_text())
     arts = doc.setdefault("artifacts", {})

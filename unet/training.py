@@ -24,7 +24,7 @@ from unet import checkpoint, distributed
 from unet.augment import augment, draw_params
 from unet.config import Config, LossConfig, TrainConfig, fingerprint, to_dict
 from unet.geometry import output_size
-from unet.io import atomic_path, to_binary
+from unet.io import atomic_path, to_binary, to_unit
 from unet.losses import SegmentationLoss, SoftDice, border_weights
 from unet.model import build_unet
 
@@ -42,9 +42,8 @@ class SliceData:
 
 def make_data(images: np.ndarray, labels: np.ndarray, loss: LossConfig) -> SliceData:
     """Binarise labels (larger value = foreground), scale non-uint8 images to [0, 1], add weight maps."""
-    if images.dtype != np.uint8:
-        lo, hi = float(images.min()), float(images.max())
-        images = ((images - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+    if images.dtype != np.uint8:  # uint8 travels to the device as is; augment() scales it
+        images = to_unit(images)
     labels = to_binary(labels)
     weights = np.stack([border_weights(lab, loss.w0, loss.sigma) for lab in labels]) if loss.border_weight else None
     return SliceData(images, labels, weights)
