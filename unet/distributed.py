@@ -160,11 +160,6 @@ def broadcast_state(model: keras.Model) -> None:
         _HVD.broadcast_variables([v.value for v in [*model.variables, *model.optimizer.variables]], root_rank=0)
 
 
-def callbacks() -> list[keras.callbacks.Callback]:
-    """Callbacks that distributed training needs (none: broadcasting happens before fit)."""
-    return []
-
-
 def per_replica_count() -> int:
     """Processes feeding slices of each global batch (Horovod ranks; 1 on JAX, where Keras splits it)."""
     return int(_HVD.size()) if _HVD else 1

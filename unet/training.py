@@ -208,7 +208,7 @@ def train(cfg: Config, data: SliceData, workdir: str | Path, callbacks: list[Any
             initial_epoch=start // t.steps_per_epoch,
             steps_per_epoch=t.steps_per_epoch,
             shuffle=False,
-            callbacks=[monitor, *distributed.callbacks(), *(callbacks or [])],
+            callbacks=[monitor, *(callbacks or [])],
             verbose=(1 if sys.stdout.isatty() else 2) if chief else 0,
         )
     if monitor.failed:
