@@ -1,9 +1,11 @@
-"""The pipeline as a Prefect flow: ``dvc pull`` -> ``dvc repro`` per stage (one task per fold) ->
-``dvc push`` -> GTO registration, publishing the fold metrics table and a summary as Prefect artifacts.
+"""The pipeline as a Prefect flow: ``dvc pull`` -> ``dvc repro`` per stage (one task per fold, output streamed
+to the run log as it happens) -> ``dvc exp save`` -> ``dvc push`` -> ``unet release`` when asked, publishing
+the fold metrics table and a summary as Prefect artifacts.
 
-Flow parameters override ``params.yaml`` in place before ``dvc repro`` (as ``dvc exp run --set-param``
-does), so ``dvc.lock`` records what ran and ``dvc repro`` alone reproduces a Prefect run. With no
-``PREFECT_API_URL``, ``python -m flows.pipeline`` runs on a local ephemeral server.
+Flow parameters are a DVC experiment, as ``dvc exp run -S`` makes one: they are set in the workspace's
+``params.yaml`` (never committed), the stages run, and ``dvc exp save`` records the result, so ``dvc exp
+show`` lists the run and ``dvc.lock`` records what ran. With no ``PREFECT_API_URL``,
+``python -m flows.pipeline`` runs on a local ephemeral server.
 """
 
 from __future__ import annotations
@@ -21,22 +23,37 @@ from prefect.futures import wait
 
 from unet import config
 from unet.metrics import METRICS
-from unet.presets import apply, overrides
+from unet.presets import apply, experiment_env, overrides
+
+NOISE = ("E0000", "WARNING: All log messages", "I0000", "W0000")  # TensorFlow's start-up chatter
 
 
 def _run(cmd: list[str], repo: str, env: dict[str, str] | None = None) -> str:
-    """Run a command in ``repo``, log its output, and raise with its last error line on failure."""
+    """Run a command in ``repo``, streaming each output line to the run log as it comes; raise with the
+    command's own one-line error on failure."""
     log = get_run_logger()
     log.info("$ %s", " ".join(cmd))
-    r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    for line in (r.stdout + r.stderr).splitlines():
-        if line.strip() and not line.startswith(("E0000", "WARNING: All log messages")):
+    proc = subprocess.Popen(
+        cmd,
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        lines.append(line)
+        if line.strip() and not line.startswith(NOISE):
             log.info("%s", line)
-    if r.returncode != 0:
-        ours = [ln for ln in r.stderr.splitlines() if ": error: " in ln]  # a stage's one-line error
-        theirs = [ln for ln in r.stderr.splitlines() if ln.startswith("ERROR")]
-        raise RuntimeError((ours or theirs or [f"{cmd[0]} {cmd[1]} exited {r.returncode}"])[-1])
-    return r.stdout
+    if proc.wait() != 0:
+        ours = [ln for ln in lines if ": error: " in ln]  # a stage's one-line error
+        theirs = [ln for ln in lines if ln.startswith("ERROR")]
+        raise RuntimeError((ours or theirs or [f"{cmd[0]} {cmd[1]} exited {proc.returncode}"])[-1])
+    return "\n".join(lines)
 
 
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
@@ -46,15 +63,16 @@ def dvc_pull(repo: str) -> None:
 
 @task
 def set_params(repo: str, values: dict[str, Any]) -> None:
+    """The experiment's params in the workspace's params.yaml, as ``dvc exp run -S`` sets them."""
     if values:
         apply(Path(repo) / "params.yaml", values)
-        get_run_logger().info("params.yaml: %s", ", ".join(f"{k}={v}" for k, v in values.items()))
+        get_run_logger().info("params.yaml (workspace): %s", ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-@task(task_run_name="{stage}")
-def repro(repo: str, stage: str, gpu: int | None = None) -> None:
+def _repro(repo: str, stage: str, gpu: int | None = None) -> None:
+    env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else None
     try:
-        _run(["dvc", "repro", stage], repo, env={"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else None)
+        _run(["dvc", "repro", "--single-item", stage], repo, env=env)
     except RuntimeError as exc:
         if str(exc).startswith("validate: error:"):
             create_markdown_artifact(
@@ -65,27 +83,38 @@ def repro(repo: str, stage: str, gpu: int | None = None) -> None:
         raise
 
 
+# the network stage retries; the others fail fast
+download = task(retries=3, retry_delay_seconds=[10, 30, 90], task_run_name="download", name="download")(_repro)
+repro = task(task_run_name="{stage}", name="repro")(_repro)
+
+
+@task
+def save_experiment(repo: str, name: str) -> None:
+    """Record the workspace as DVC experiment ``name`` (replacing one of that name on this commit)."""
+    _run(["dvc", "exp", "save", "-n", name, "-f"], repo, env=experiment_env(repo))
+
+
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
 def dvc_push(repo: str) -> None:
     _run(["dvc", "push"], repo)
 
 
 @task
-def register_version(repo: str) -> None:
-    """Commit the pipeline record and tag it with GTO (the register stage's --publish step)."""
-    _run([sys.executable, "-m", "unet.stages.register", "--publish"], repo)
+def release_model(repo: str, experiment: str) -> dict[str, Any]:
+    """``unet release``: branch ``release/<experiment>``, push its data, GTO version and stage."""
+    return json.loads(_run([sys.executable, "-m", "unet.cli", "release", experiment], repo).splitlines()[-1])
 
 
 @task
-def publish(repo: str) -> dict[str, Any]:
+def publish_artifacts(repo: str) -> dict[str, Any]:
     """Fold metrics as a table artifact, a Markdown summary with the overlay paths; returns the summary."""
     root = Path(repo)
-    folds = [json.loads(p.read_text()) for p in sorted((root / "metrics").glob("fold*.json"))]
+    folds = json.loads((root / "metrics" / "folds.json").read_text())
     summary = json.loads((root / "metrics" / "summary.json").read_text())
     create_table_artifact(
         key="fold-metrics",
-        table=[{"fold": f["fold"], **{m: round(f[m], 4) for m in METRICS}} for f in folds],
-        description="Validation metrics per fold",
+        table=[{"fold": f["fold"], **{m: round(f[m], 4) for m in METRICS}} for f in folds.values()],
+        description="Validation metrics per fold (V_rand, V_info, pixel error: ISBI 2012 challenge protocol)",
     )
     lines = ["# U-Net on ISBI 2012", "", "| metric | mean | std |", "| --- | --- | --- |"]
     lines += [f"| {m} | {summary[m]['mean']:.4f} | {summary[m]['std']:.4f} |" for m in METRICS]
@@ -103,26 +132,31 @@ def pipeline(
     precision: str | None = None,
     xla: bool | None = None,
     gpus: int | None = None,
+    experiment: str = "prefect",
     push: bool = True,
+    release: bool = False,
 ) -> dict[str, Any]:
-    """Pull, reproduce every stage (folds as separate tasks), push; return the metrics over folds."""
+    """Pull, reproduce every stage (folds as separate tasks), save the experiment, push, release if asked."""
     gpus = gpus if gpus is not None else int(os.environ.get("UNET_GPUS", "0")) or None
     dvc_pull(repo)
     set_params(repo, overrides(preset, steps, precision, xla, gpus))
-    repro(repo, "split")
+    download(repo, "download")
+    for stage in ("validate", "split"):
+        repro(repo, stage)
     cfg = config.load(Path(repo) / "params.yaml")
-    parallel = cfg.runtime.parallel == "fold" and cfg.runtime.gpus >= cfg.split.k
-    if parallel:  # one fold per GPU, at once (DVC runs distinct matrix items concurrently)
-        wait([repro.submit(repo, f"train@{k}", gpu=k) for k in range(cfg.split.k)])
+    if cfg.runtime.parallel == "fold" and cfg.runtime.gpus >= cfg.split.k:  # one fold per GPU, at once
+        wait([repro.submit(repo, f"train@{k}", gpu=k) for k in cfg.split.folds])
     else:
-        for k in range(cfg.split.k):
+        for k in cfg.split.folds:
             repro(repo, f"train@{k}")
     repro(repo, "evaluate")
     repro(repo, "register")
-    if push:
+    save_experiment(repo, experiment)
+    if push or release:
         dvc_push(repo)
-    register_version(repo)
-    return publish(repo)
+    if release:
+        release_model(repo, experiment)
+    return publish_artifacts(repo)
 
 
 def main() -> None:
@@ -130,12 +164,14 @@ def main() -> None:
 
     p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", default=".")
-    p.add_argument("--preset", choices=["cpu", "gpu", "auto"])
+    p.add_argument("--preset", choices=["cpu", "cpu-long", "gpu", "auto"])
     p.add_argument("--steps", type=int)
     p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"])
     p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--gpus", type=int)
+    p.add_argument("--experiment", default="prefect", help="DVC experiment name for this run")
     p.add_argument("--no-push", dest="push", action="store_false")
+    p.add_argument("--release", action="store_true", help="release the experiment (unet release)")
     summary = pipeline(**vars(p.parse_args()))
     print(json.dumps({m: summary[m] for m in METRICS}, indent=2))
 

@@ -49,24 +49,48 @@ def test_transforms_are_exercised_and_deterministic():
     assert a[0].min() >= 0.0 and a[0].max() <= 1.0
 
 
-def test_pure_crop_matches_numpy_reflect_padding():
+def test_pure_crop_matches_numpy_symmetric_padding():
     """Without flips or elastic warps, a tile is exactly a crop of the mirror-padded slice."""
-    images, labels = synthetic(2, 40)
+    images, labels = synthetic(4, 40)
     cfg = AugmentConfig(flip_rotate=False, elastic_sigma=0.0)
-    p = draw_params(np.random.default_rng(0), 2, cfg, (40, 40), 92, 52)
+    p = draw_params(np.random.default_rng(0), 4, cfg, (40, 40), 92, 52)
     img, lab, _ = _run(images, labels // 255, cfg, seed=0)
-    margin = 20
-    padded = np.pad(images, ((0, 0), (margin + 60, margin + 60), (margin + 60, margin + 60)), mode="reflect")
-    for i in range(2):
-        y0, x0 = (p["center"][i] - 45.5).astype(int) + 60 + margin
+    pad = 200  # the label tile may start anywhere in [0, 80): the input tile reaches 152 px past the slice
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)), mode="symmetric")
+    for i in range(4):
+        y0, x0 = (p["center"][i] - 45.5).astype(int) + pad
         np.testing.assert_allclose(img[i, ..., 0], padded[i, y0 : y0 + 92, x0 : x0 + 92] / 255.0, atol=1e-6)
-        lab_padded = np.pad(labels[i] // 255, margin + 60, mode="reflect")
-        np.testing.assert_array_equal(
-            lab[i], lab_padded[y0 + margin : y0 + margin + 52, x0 + margin : x0 + margin + 52]
-        )
+        lab_padded = np.pad(labels[i] // 255, pad, mode="symmetric")
+        np.testing.assert_array_equal(lab[i], lab_padded[y0 + 20 : y0 + 20 + 52, x0 + 20 : x0 + 20 + 52])
+
+
+def test_every_pixel_is_equally_likely_in_a_label_tile():
+    """Coverage histogram of label-tile pixels over slice rows: flat, border rows included."""
+    from unet.augment import sample_coords
+
+    s, tile, out, n = 64, 92, 52, 4000
+    cfg = AugmentConfig(flip_rotate=True, elastic_sigma=0.0)
+    p = draw_params(np.random.default_rng(0), n, cfg, (s, s), tile, out)
+    y, x = (ops.convert_to_numpy(c) for c in sample_coords(p, tile, (s, s)))
+    m = (tile - out) // 2
+    rows = np.round(y[:, m : m + out, m : m + out]).astype(int).ravel()
+    cols = np.round(x[:, m : m + out, m : m + out]).astype(int).ravel()
+    for hist in (np.bincount(rows, minlength=s), np.bincount(cols, minlength=s)):
+        expected = n * out * out / s  # every row (column) equally often
+        assert np.abs(hist / expected - 1).max() < 0.08, hist / expected
+    # exactly flat over one full period of tile positions (no sampling noise): every corner 0..2s-1
+    tops = np.arange(2 * s, dtype=np.float32)
+    exact = {
+        "center": np.stack([tops, np.zeros_like(tops)], -1) - m + (tile - 1) / 2,
+        "dihedral": np.zeros(2 * s, np.int32),
+        "grid": np.zeros((2 * s, 3, 3, 2), np.float32),
+    }
+    y, _ = (ops.convert_to_numpy(c) for c in sample_coords(exact, tile, (s, s)))
+    hist = np.bincount(np.round(y[:, m : m + out, m : m + out]).astype(int).ravel(), minlength=s)
+    assert (hist == hist[0]).all(), hist
 
 
 def test_reflect_matches_numpy():
     c = np.arange(-30, 60, dtype=np.float32)
-    ref = np.pad(np.arange(10), 60, mode="reflect")[60 - 30 : 60 + 60]
+    ref = np.pad(np.arange(10), 60, mode="symmetric")[60 - 30 : 60 + 60]
     np.testing.assert_array_equal(ops.convert_to_numpy(_reflect(ops.convert_to_tensor(c), 10)), ref)

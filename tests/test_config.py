@@ -1,5 +1,9 @@
+import ast
+import subprocess
+from pathlib import Path
+
 import pytest
-import yaml
+from ruamel.yaml import YAML
 
 from unet import config
 from unet.config import Config, from_dict
@@ -8,11 +12,33 @@ from unet.presets import PRESETS, apply
 from .conftest import ROOT
 
 
-def test_params_yaml_loads_and_is_the_gpu_recipe():
-    cfg = config.load(ROOT / "params.yaml")
+def committed_params() -> str:
+    """The project's params.yaml: the workspace copy, unless it is a DVC experiment's (``make run`` runs the
+    cpu preset as a workspace experiment, which sets its params there), then the committed one."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+    workspace = (ROOT / "params.yaml").read_text()
+    exps = git("for-each-ref", "refs/exps", "--format=%(objectname)").stdout.split()
+    if any(git("show", f"{sha}:params.yaml").stdout == workspace for sha in exps):
+        return git("show", "HEAD:params.yaml").stdout
+    return workspace
+
+
+def test_params_yaml_loads_and_the_committed_one_is_the_gpu_recipe():
+    config.load(ROOT / "params.yaml")  # the workspace copy (maybe an experiment's) is valid too
+    cfg = config.loads(committed_params())
     assert cfg == Config()
     assert (cfg.train.model.base_filters, cfg.train.model.tile, cfg.train.batch_size) == (64, 572, 8)
     assert (cfg.train.max_steps, cfg.train.learning_rate, cfg.split.k) == (6400, 1e-4, 5)
+    assert (cfg.train.model.dropout, cfg.train.model.up) == (0.5, "upconv2x2")  # the authors' network
+
+
+def test_params_are_read_as_dvc_reads_them():
+    """YAML 1.2 like DVC: 1e-4 is a float (YAML 1.1 loaders read a string)."""
+    cfg = config.loads("train:\n  learning_rate: 1e-4\n  weight_decay: 1e-5\n")
+    assert (cfg.train.learning_rate, cfg.train.weight_decay) == (1e-4, 1e-5)
 
 
 def _dotted(data, prefix=""):
@@ -22,15 +48,50 @@ def _dotted(data, prefix=""):
             yield from _dotted(v, prefix + k + ".")
 
 
-def test_every_dvc_param_exists_and_matrix_matches_k():
-    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+def _yaml(path: Path) -> dict:
+    return YAML(typ="safe", pure=True).load(path.read_text())
+
+
+def test_every_dvc_param_exists_and_the_fold_matrix_comes_from_params():
+    dvc, params = _yaml(ROOT / "dvc.yaml"), _yaml(ROOT / "params.yaml")
     known = set(_dotted(params))
     for name, stage in dvc["stages"].items():
         for key in stage.get("params", []):
             assert key in known, f"{name}: params key {key} not in params.yaml"
-    k = config.load(ROOT / "params.yaml").split.k
-    assert dvc["stages"]["train"]["matrix"]["fold"] == list(range(k))
+    assert dvc["stages"]["train"]["matrix"]["fold"] == "${split.folds}"
+    text = (ROOT / "dvc.yaml").read_text()
+    for k in range(1, 5):  # no hand-kept fold list anywhere
+        assert f"fold{k}" not in text
+
+
+def import_closure(module: str) -> set[str]:
+    """Files of ``unet`` that running ``python -m module`` executes: its transitive ``unet`` imports."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = ROOT / Path(*name.split(".")).with_suffix(".py")
+        if not path.is_file():
+            path = ROOT / Path(*name.split(".")) / "__init__.py"
+        rel = str(path.relative_to(ROOT))
+        if not path.is_file() or rel in seen:
+            continue
+        seen.add(rel)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "unet":
+                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] == "unet"]
+    return seen
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    dvc = _yaml(ROOT / "dvc.yaml")
+    for name, stage in dvc["stages"].items():
+        code = {d for d in stage["deps"] if isinstance(d, str) and d.startswith("unet/")}
+        assert code == import_closure(f"unet.stages.{name}"), name
 
 
 @pytest.mark.parametrize(
@@ -42,7 +103,9 @@ def test_every_dvc_param_exists_and_matrix_matches_k():
         ({"train": {"batch_size": "8"}}, r"train\.batch_size: invalid value '8'"),
         ({"train": {"model": {"tile": 570}}}, r"train\.model\.tile: invalid value 570.*556 or 572"),
         ({"runtime": {"precision": "fp8"}}, r"runtime\.precision: invalid value 'fp8'"),
-        ({"split": {"k": 1}}, r"split\.k: invalid value 1"),
+        ({"split": {"folds": [0]}}, r"split\.folds: invalid value \[0\]"),
+        ({"split": {"folds": [1, 2]}}, r"split\.folds: invalid value \[1, 2\]: must be \[0, 1, \.\.\., k-1\]"),
+        ({"split": {"k": 3}}, r"split\.k: unknown key"),
         ({"download": {"urls": ["ftp://x"]}}, r"download\.urls: invalid value 'ftp://x'"),
         ({"train": {"checkpoint_every": 150}}, r"train\.checkpoint_every: invalid value 150"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -9,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tifffile
 
 from unet import config
 from unet.folds import check_partition
 from unet.io import pixel_sha256
-from unet.presets import PRESETS, apply
+from unet.presets import apply, set_args
 
 from .conftest import ROOT
 
@@ -48,56 +50,102 @@ def dvc(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True, env=git_env(**env))
 
 
+def run(repo: Path, *cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env or git_env())
+
+
+def git(repo: Path, *args: str) -> str:
+    return run(repo, "git", *args).stdout.strip()
+
+
+def experiment(repo: Path, name: str, isbi: Path, **extra: object) -> subprocess.CompletedProcess:
+    """``make run``'s command with the quick settings on top of the cpu preset."""
+    sets = set_args({**QUICK, **extra})
+    return run(repo, sys.executable, "-m", "unet.presets", "run", "cpu", "--name", name, *sets, env=git_env(ISBI_DATA_DIR=str(isbi)))
+
+
 @pytest.mark.slow
-def test_dvc_repro_cpu_preset_end_to_end(isbi, tmp_path):
+def test_experiments_compare_fold_by_fold_and_leave_history_alone(isbi, tmp_path):
     repo = make_repo(tmp_path / "repo")
-    apply(repo / "params.yaml", {**PRESETS["cpu"], **QUICK})
-    r = dvc(repo, "repro", ISBI_DATA_DIR=str(isbi))
+    head, tags = git(repo, "rev-parse", "HEAD"), git(repo, "tag")
+    r = experiment(repo, "cpu", isbi)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    cfg = config.load(repo / "params.yaml")
+    assert git(repo, "rev-parse", "HEAD") == head and git(repo, "tag") == tags  # no commit, no tag
+    assert config.loads(git(repo, "show", "HEAD:params.yaml")) == config.Config()  # still the GPU recipe
+    cfg = config.load(repo / "params.yaml")  # the workspace holds the experiment, as dvc exp run -S leaves it
+    assert cfg.train.model.base_filters == 8 and cfg.train.max_steps == QUICK["train.max_steps"]
     for name, digest in cfg.download.pixel_sha256.items():
         assert pixel_sha256(tifffile.imread(repo / "data" / "raw" / name)) == digest
-    assert json.loads((repo / "reports" / "validation.json").read_text())["success"]
     folds = json.loads((repo / "data" / "folds.json").read_text())
     check_partition(folds, 30)
-    assert folds["k"] == 5
+    per_fold = json.loads((repo / "metrics" / "folds.json").read_text())
+    assert sorted(per_fold) == [f"fold{k}" for k in range(5)]
     for k in range(5):
-        assert (repo / "models" / f"fold{k}" / "model.keras").is_file()
-        m = json.loads((repo / "metrics" / f"fold{k}.json").read_text())
-        assert set(m) >= {"soft_dice", "dice", "iou", "pixel_error", "vrand", "vinfo"} and m["slices"] == sorted(
-            folds["folds"][k]["val"]
-        )
+        m = per_fold[f"fold{k}"]
+        assert {"vrand", "vinfo", "pixel_error", "vrand_fixed", "vinfo_fixed", "mismatch"} <= set(m)
+        assert m["slices"] == sorted(folds["folds"][k]["val"]) and 0 < m["vrand"] <= 1
         assert len(list((repo / "plots" / "overlays").glob(f"fold{k}_*.png"))) == 1
-    summary = json.loads((repo / "metrics" / "summary.json").read_text())
-    assert summary["folds"] == 5 and 0.5 < summary["soft_dice"]["mean"] <= 1
-    shown = dvc(repo, "metrics", "show", "--json")
-    assert "metrics/summary.json" in shown.stdout and "vrand" in shown.stdout
-    card = json.loads((repo / "models" / "registered" / "card.json").read_text())
-    assert card["name"] == "unet-isbi2012" and len(card["folds"]) == 1
-    assert "soft_dice" in (repo / "dvc.yaml").read_text().split("artifacts:")[1]
-    assert dvc(repo, "push").returncode == 0
-    pub = subprocess.run(
-        [sys.executable, "-m", "unet.stages.register", "--publish"],
-        cwd=repo,
-        env=git_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert pub.returncode == 0, pub.stderr[-2000:]
-    gto = subprocess.run(
-        ["gto", "show", "unet-isbi2012", "--json"], cwd=repo, capture_output=True, text=True, env=git_env()
-    )
-    version = json.loads(gto.stdout)[0]
-    assert version["version"] == "v0.0.1" and card["sha256"] in version["message"]
-    assert [s["stage"] for s in version["stages"]] == ["dev"]
-    got = dvc(repo, "artifacts", "get", ".", "unet-isbi2012", "-o", str(tmp_path / "fetched.keras"))
-    assert got.returncode == 0, got.stderr[-2000:]
-    import hashlib
+    card = json.loads((repo / "models" / "card.json").read_text())
+    assert card["cross_validated"]["vrand"]["mean"] == pytest.approx(np.mean([per_fold[f]["vrand"] for f in per_fold]))
+    assert "optimistic" in card["caveat"] and "± " in card["description"]
+    assert not run(repo, "git", "status", "--porcelain", "dvc.yaml").stdout  # register wrote only its outs
+    assert not run(repo, "git", "check-ignore", "-q", "metrics/folds.json").returncode == 0  # git tracks metrics
+    assert run(repo, "git", "check-ignore", "-q", "checkpoints/fold0").returncode == 0  # resume state: ignored
 
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    assert "fold0.vrand" in json.dumps(shown) or '"vrand"' in json.dumps(shown)
+    r = experiment(repo, "cpu-2x", isbi, **{"train.max_steps": 2 * QUICK["train.max_steps"]})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for cmd in (("dvc", "metrics", "diff", "cpu", "cpu-2x"), ("dvc", "exp", "diff", "cpu", "cpu-2x")):
+        out = run(repo, *cmd).stdout
+        for k in range(5):
+            assert f"fold{k}.vrand " in out, (cmd, out)
+    assert "Running stage 'validate'" not in r.stdout  # data stages come from the cache
+
+    # releasing is explicit: it refuses without a git identity, with a dirty workspace, and unpushable data
+    no_id = {k: v for k, v in git_env().items() if not k.startswith("GIT_")} | {"HOME": str(tmp_path / "nohome")}
+    bad = run(repo, "unet", "release", "cpu", env=no_id)
+    assert bad.returncode == 1 and "git config user.email" in bad.stderr.strip().splitlines()[-1]
+    (repo / "README.md").write_text("edited\n")
+    bad = run(repo, "unet", "release", "cpu")
+    assert bad.returncode == 1 and "uncommitted changes (README.md)" in bad.stderr
+    git(repo, "checkout", "README.md")
+    run(repo, "dvc", "remote", "modify", "--local", "local", "url", "/proc/no-such-remote")
+    bad = run(repo, "unet", "release", "cpu")
+    assert bad.returncode == 1 and "dvc push" in bad.stderr and not git(repo, "tag")
+    run(repo, "dvc", "remote", "modify", "--local", "--unset", "local", "url")
+    ok = run(repo, "unet", "release", "cpu")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert git(repo, "rev-parse", "HEAD") == head  # the release lives on release/cpu
+    gto = json.loads(run(repo, "gto", "show", "unet-isbi2012", "--json").stdout)
+    assert gto[0]["version"] == "v0.0.1" and card["sha256"] in gto[0]["message"]
+    assert [s["stage"] for s in gto[0]["stages"]] == ["dev"]
+    got = run(repo, "dvc", "artifacts", "get", ".", "unet-isbi2012", "-o", str(tmp_path / "fetched.keras"))
+    assert got.returncode == 0, got.stderr[-2000:]
     assert hashlib.sha256((tmp_path / "fetched.keras").read_bytes()).hexdigest() == card["sha256"]
-    again = dvc(repo, "repro", ISBI_DATA_DIR=str(isbi))
-    assert again.returncode == 0 and "didn't change, skipping" in again.stdout  # cached: nothing reruns
-    assert "Running stage" not in again.stdout
+
+    # a second clone of the release + dvc pull is the pipeline's state: nothing to reproduce
+    clone = tmp_path / "clone"
+    assert run(tmp_path, "git", "clone", "-q", "-b", "release/cpu", str(repo), str(clone)).returncode == 0
+    run(clone, "dvc", "remote", "modify", "--local", "local", "url", str(repo / ".dvc-remote"))
+    pulled = run(clone, "dvc", "pull")
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    status = run(clone, "dvc", "status")
+    assert "up to date" in status.stdout, status.stdout
+    again = run(clone, "dvc", "repro", env=git_env(ISBI_DATA_DIR=str(isbi)))
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout[-2000:]
+    assert not (clone / "checkpoints").exists()  # resume state never travels
+
+
+@pytest.mark.slow
+def test_the_fold_count_is_a_param(isbi, tmp_path):
+    """`dvc exp run -S 'split.folds=[0,1,2]'`: three train stages, and evaluate/register follow."""
+    repo = make_repo(tmp_path / "repo")
+    r = experiment(repo, "k3", isbi, **{"split.folds": [0, 1, 2], "train.max_steps": 10})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert sorted(json.loads((repo / "metrics" / "folds.json").read_text())) == ["fold0", "fold1", "fold2"]
+    assert json.loads((repo / "metrics" / "summary.json").read_text())["folds"] == 3
+    assert json.loads((repo / "models" / "card.json").read_text())["folds"][0] in (0, 1, 2)
 
 
 def test_dvc_repro_fails_on_bad_input_with_no_output(isbi, tmp_path):

@@ -26,7 +26,9 @@ def test_stitched_map_equals_known_function_on_mirror_padded_slice(h, w):
     rng = np.random.default_rng(0)
     images = rng.random((2, h, w)).astype(np.float32)
     prob = predict_slices([model], images, batch_size=3)
-    mean = ndimage.uniform_filter(images.astype(np.float64), size=(1, 9, 9), mode="mirror")  # mirror == reflect
+    mean = ndimage.uniform_filter(
+        images.astype(np.float64), size=(1, 9, 9), mode="reflect"
+    )  # scipy reflect == numpy symmetric
     expect = 1 / (1 + np.exp(-(4 * mean - 2)))
     assert prob.shape == (2, h, w) and prob.dtype == np.float32
     np.testing.assert_allclose(prob, expect, atol=2e-6)

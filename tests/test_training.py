@@ -113,5 +113,34 @@ def test_step_compiles_with_xla(tiny_cfg, data, tmp_path):
     assert np.isfinite(train(cfg, data, tmp_path)["loss"])
 
 
+@pytest.mark.parametrize("spe", [3, 2])
+def test_exactly_max_steps_whatever_steps_per_epoch(tiny_cfg, data, tmp_path, spe):
+    t = dataclasses.replace(tiny_cfg.train, max_steps=7, steps_per_epoch=spe, checkpoint_every=2 * spe)
+    cfg = dataclasses.replace(tiny_cfg, train=t)
+    metrics = train(cfg, data, tmp_path)
+    assert metrics["step"] == 7
+    meta = json.loads((tmp_path / "checkpoints" / "step-00000007" / "meta.json").read_text())
+    assert meta["step"] == 7
+    state = np.load(tmp_path / "checkpoints" / "step-00000007" / "state.npz")
+    iterations = [state[k] for k in state.files if k.startswith("optimizer/") and state[k].dtype.kind == "i"]
+    assert int(iterations[0]) == 7  # the optimizer took exactly 7 steps
+    curve = (tmp_path / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
+    steps = [int(line.split("\t")[0]) for line in curve]
+    assert steps[-1] == 7 and steps == sorted(steps)
+
+
+def test_precision_change_with_a_checkpoint_starts_afresh(tiny_cfg, data, tmp_path, caplog):
+    """float32 -> mixed_float16 changes the optimizer's variables: a log line and a fresh run, no crash."""
+    train(tiny_cfg, data, tmp_path, checkpoints=tmp_path / "ckpt")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        cfg = dataclasses.replace(tiny_cfg, runtime=dataclasses.replace(tiny_cfg.runtime, precision="mixed_float16"))
+        with caplog.at_level("INFO", logger="unet.training"):
+            metrics = train(cfg, data, tmp_path, checkpoints=tmp_path / "ckpt")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert metrics["step"] == 20 and "starting afresh" in caplog.text
+
+
 def test_tiny_config_is_valid(tiny_cfg):
     assert isinstance(tiny_cfg, Config) and tiny_cfg.train.model.tile == 92

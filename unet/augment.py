@@ -3,10 +3,11 @@
 Every augmentation is one coordinate map from the input tile into the whole slice: a random tile
 position, one of the 8 dihedral transforms (flips and 90 degree rotations), and a smooth elastic
 displacement (a coarse grid of Gaussian offsets, bicubically upsampled, as in the paper). Coordinates
-that leave the slice are mirrored back, which is the paper's overlap-tile padding. Images are sampled
-bilinearly, labels and weights nearest-neighbour, so the label stays aligned with the image. The random
-parameters are drawn on the host from ``numpy.random.default_rng([seed, step])`` (a few numbers a
-sample, so a resumed run draws exactly the same); the per-pixel work runs inside the training step.
+that leave the slice are mirrored back (edge pixel repeated, as ``unet.tiling`` pads), the paper's
+overlap-tile padding. Images are sampled bilinearly, labels and weights nearest-neighbour, so the label
+stays aligned with the image. The random parameters are drawn on the host from
+``numpy.random.default_rng([seed, step])`` (a few numbers a sample, so a resumed run draws exactly the
+same); the per-pixel work runs inside the training step.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ _DIHEDRAL = np.array(
 def draw_params(
     rng: np.random.Generator, batch: int, cfg: AugmentConfig, slice_hw: tuple[int, int], tile: int, out: int
 ) -> dict[str, np.ndarray]:
-    """Random parameters for ``batch`` samples; float32 arrays except ``dihedral`` (int32)."""
+    """Random parameters for ``batch`` samples; float32 arrays except ``dihedral`` (int32).
+
+    The label tile's corner is uniform over one period (2 x side) of the slice's mirror extension, so the
+    tile may extend past the slice into its mirror image: every pixel of the slice, border rows
+    included, is equally likely to fall in a label tile.
+    """
     margin = (tile - out) // 2
-    tops = [rng.integers(0, max(s - out, 0) + 1, size=batch) for s in slice_hw]
+    tops = [rng.integers(0, 2 * s, size=batch) for s in slice_hw]
     # centre of the input tile in slice coordinates (half-integers for even tiles keep pixels on the grid)
     center = np.stack(tops, -1).astype(np.float32) - margin + (tile - 1) / 2
     g = cfg.elastic_grid
@@ -54,12 +60,16 @@ def draw_params(
 
 
 def _reflect(c: Any, size: int) -> Any:
-    """Mirror coordinates into [0, size - 1] (edge pixel not repeated, like ``numpy.pad(mode='reflect')``)."""
-    if size == 1:
-        return ops.zeros_like(c)
-    period = 2.0 * (size - 1)
-    c = ops.mod(c, period)
-    return ops.where(c > size - 1, period - c, c)
+    """Mirror coordinates into [0, size - 1], repeating the edge pixel (``numpy.pad(mode='symmetric')``).
+
+    The extension has period ``2 * size`` and holds every pixel exactly twice per period, which is what
+    makes uniformly placed tiles cover every pixel equally (:func:`draw_params`).
+    """
+    c = ops.mod(c + 0.5, 2.0 * size) - 0.5
+    c = ops.where(c > size - 0.5, 2.0 * size - 1.0 - c, c)
+    # within half a pixel of the border the symmetric extension is flat: clamping is exact for both
+    # nearest and bilinear sampling
+    return ops.clip(c, 0.0, size - 1.0)
 
 
 def cubic_upsampler(n: int, size: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The ``unet`` console script. ``unet predict IN.tif OUT.tif`` turns a grey stack of any size into
+"""The ``unet`` console script. ``unet release EXP`` releases a DVC experiment (see :mod:`unet.release`).
+``unet predict IN.tif OUT.tif`` turns a grey stack of any size into
 float32 foreground probabilities (1 = cell interior, the polarity of ``train-labels.tif``) or binary masks,
 by overlap-tile inference with one model or an ensemble, optionally with test-time augmentation.
 """
@@ -6,7 +7,9 @@ by overlap-tile inference with one model or an ensemble, optionally with test-ti
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,6 +46,24 @@ def predict(args: argparse.Namespace) -> None:
     print(f"unet predict: wrote {args.output}: {out.shape[0]}x{out.shape[1]}x{out.shape[2]} {kind}", file=sys.stderr)
 
 
+def release(args: argparse.Namespace) -> None:
+    import logging
+
+    from unet import config
+    from unet.release import experiment_commit, release
+
+    logging.basicConfig(level=logging.INFO, format="unet release: %(message)s", stream=sys.stderr)
+    repo = Path(args.repo)
+    # the experiment's own params name the artifact and its stage
+    sha = experiment_commit(repo, args.experiment)
+    shown = subprocess.run(["git", "show", f"{sha}:params.yaml"], cwd=repo, capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise ValueError(f"experiment {args.experiment}: no params.yaml in its commit {sha[:7]}")
+    cfg = config.loads(shown.stdout, f"{args.experiment}:params.yaml").register
+    out = release(repo, args.experiment, cfg.name, args.stage or cfg.stage, args.card)
+    print(json.dumps(out))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="unet", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -58,14 +79,19 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     pr.add_argument("--threshold", type=float, help="write binary masks (0/255) at this probability")
     pr.add_argument("--batch-size", type=int, default=8)
+    rel = sub.add_parser("release", help="release a DVC experiment: branch, dvc push, GTO version and stage tags")
+    rel.add_argument("experiment", help="experiment name, as `dvc exp show` lists it")
+    rel.add_argument("--stage", help="GTO stage to assign (default: the experiment's register.stage)")
+    rel.add_argument("--repo", default=".")
+    rel.add_argument("--card", default="models/card.json", help="the model card (git-tracked output of register)")
     args = p.parse_args(argv)
-    if args.threshold is not None and not 0 < args.threshold < 1:
+    if args.command == "predict" and args.threshold is not None and not 0 < args.threshold < 1:
         p.error(f"--threshold: invalid value {args.threshold}: must be in (0, 1)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        predict(args)
-    except (ValueError, OSError) as exc:
-        print(f"unet predict: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        (predict if args.command == "predict" else release)(args)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"unet {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(1)
 
 

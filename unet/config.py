@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
-
 from unet.geometry import check_tile
 
 T = TypeVar("T")
@@ -79,13 +77,24 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Seeded k-fold partition of the labelled slices."""
+    """Seeded k-fold partition of the labelled slices. ``folds`` lists the fold ids ``0..k-1``: it is the
+    list ``dvc.yaml``'s train matrix iterates over, so ``k`` is its length and set nowhere else."""
 
-    k: int = 5
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _check(self.k >= 2, "split.k", self.k, "must be >= 2")
+        _check(len(self.folds) >= 2, "split.folds", list(self.folds), "need at least 2 folds")
+        _check(
+            list(self.folds) == list(range(len(self.folds))),
+            "split.folds",
+            list(self.folds),
+            f"must be [0, 1, ..., k-1], e.g. {list(range(len(self.folds)))}",
+        )
+
+    @property
+    def k(self) -> int:
+        return len(self.folds)
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,7 @@ class ModelConfig:
 
     base_filters: int = 64
     depth: int = 5
-    dropout: float = 0.0  # on the deepest block, as in the paper's drop-out layers
+    dropout: float = 0.5  # at the end of the contracting path (the deepest block), as in the paper
     up: Literal["upconv2x2", "transpose3x3"] = "upconv2x2"
     tile: int = 572  # input tile side; output side is tile - margin
 
@@ -294,18 +303,30 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def loads(text: str, where: str = "params.yaml") -> Config:
+    """Parse and validate params text as DVC does (YAML 1.2, ruamel): ``1e-4`` is a float, ``on`` a string."""
+    from ruamel.yaml import YAML, YAMLError
+
+    try:
+        data = YAML(typ="safe", pure=True).load(text) or {}
+    except YAMLError as exc:
+        raise ValueError(f"{where}: cannot read params: {' '.join(str(exc).split())}") from exc
+    return from_dict(Config, data)
+
+
 def load(path: str | Path = "params.yaml") -> Config:
     """Load and validate ``params.yaml``; a missing section takes its defaults."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read params: {exc}".splitlines()[0]) from exc
-    return from_dict(Config, data)
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read params: {exc}") from exc
+    return loads(text, str(path))
 
 
 def fingerprint(cfg: Any) -> str:
     """Stable short hash of a config subtree (used to refuse resuming a different run)."""
     import hashlib
 
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

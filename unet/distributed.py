@@ -152,12 +152,19 @@ def horovod_train_step(model: keras.Model, data: Any, xla: bool) -> dict[str, An
 
 
 def broadcast_state(model: keras.Model) -> None:
-    """Make every rank start from rank 0's weights and optimizer state (after any checkpoint restore).
+    """Make every rank start from rank 0's weights and optimizer state (after any checkpoint restore), then
+    give each rank its own random stream, so drop-out masks differ between ranks as between samples.
 
     Keras 3 variables wrap the tf.Variable; Horovod needs the latter (``v.value``, Horovod issue #4290).
     """
-    if _HVD:
-        _HVD.broadcast_variables([v.value for v in [*model.variables, *model.optimizer.variables]], root_rank=0)
+    if not _HVD:
+        return
+    _HVD.broadcast_variables([v.value for v in [*model.variables, *model.optimizer.variables]], root_rank=0)
+    for v in model.variables:  # the seed generators' states (drop-out): rank r draws from seed + r
+        if "seed_generator" in v.path:
+            state = v.numpy()
+            state[0] += rank()
+            v.assign(state)
 
 
 def per_replica_count() -> int:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from unet.config import EvaluateConfig
 from unet.io import atomic_path, to_unit
-from unet.metrics import METRICS, slice_metrics, summarise
+from unet.metrics import stack_metrics
 from unet.tiling import predict_slices
 
 log = logging.getLogger(__name__)
@@ -23,22 +23,12 @@ log = logging.getLogger(__name__)
 
 def evaluate_fold(
     model: keras.Model, images: np.ndarray, labels: np.ndarray, slices: Sequence[int], cfg: EvaluateConfig
-) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Per-slice metrics of ``model`` on ``images[slices]``; also returns the probabilities."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
+    """Metrics of ``model`` on ``images[slices]``: the fold's (challenge protocol on the fold's stack, plus
+    fixed-threshold scores), one row per slice, and the probabilities."""
     prob = predict_slices([model], to_unit(images[list(slices)]), cfg.batch_size, cfg.tta)
-    rows = []
-    for i, s in enumerate(slices):
-        rows.append({"slice": int(s), **slice_metrics(prob[i], labels[s], cfg.threshold)})
-    return rows, prob
-
-
-def over_folds(per_fold: dict[int, dict[str, float]]) -> dict[str, Any]:
-    """Mean and standard deviation over folds of each metric."""
-    out: dict[str, Any] = {"folds": len(per_fold)}
-    for m in METRICS:
-        vals = np.array([f[m] for f in per_fold.values()])
-        out[m] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
-    return out
+    fold, rows = stack_metrics(prob, labels[list(slices)], cfg.threshold)
+    return fold, [{"slice": int(s), **r} for s, r in zip(slices, rows, strict=True)], prob
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -58,5 +48,5 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
 
-def fold_summary(fold: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"fold": fold, "slices": [r["slice"] for r in rows], **summarise(rows)}
+def fold_summary(fold: int, slices: Sequence[int], metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"fold": fold, "slices": [int(s) for s in slices], **metrics}

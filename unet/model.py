@@ -37,7 +37,10 @@ def down_block(x: keras.KerasTensor, filters: int, name: str, dropout: float = 0
 def up_block(x: keras.KerasTensor, skip: keras.KerasTensor, filters: int, name: str, up: str) -> keras.KerasTensor:
     """Up-convolution halving the channels (28 -> 56), crop-and-concat the skip (64 -> 56), conv block."""
     if up == "upconv2x2":
-        x = layers.Conv2DTranspose(filters, 2, strides=2, kernel_initializer=_INIT, name=f"{name}_upconv")(x)
+        # the authors' network (caffe prototxt of the paper) follows each up-convolution with a ReLU
+        x = layers.Conv2DTranspose(
+            filters, 2, strides=2, activation="relu", kernel_initializer=_INIT, name=f"{name}_upconv"
+        )(x)
     else:  # NVIDIA's variant
         x = layers.Conv2DTranspose(
             filters, 3, strides=2, padding="same", activation="relu", kernel_initializer=_INIT, name=f"{name}_upconv"

@@ -1,22 +1,16 @@
-"""Model registry: choose the model(s) to publish, describe them in ``dvc.yaml`` ``artifacts:``, and
-tag versions and stages with GTO (git tags ``name@vX.Y.Z`` and ``name#stage#N``).
+"""Model registry: choose the model(s) to publish and write their card with the cross-validated estimate.
+
+The card never reports the best fold's score as the model's: the estimate of a model trained this way is
+the mean and standard deviation over folds of each fold's score on its own held-out slices. Releasing
+(a commit plus GTO tags) is a separate, explicit step: :mod:`unet.release`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import subprocess
-from pathlib import Path
 from typing import Any
 
 from unet.config import RegisterConfig
-from unet.io import roundtrip_yaml
-from unet.metrics import METRICS
-
-log = logging.getLogger(__name__)
-LOWER_IS_BETTER = {"pixel_error"}
+from unet.metrics import LOWER_IS_BETTER, METRICS, over_folds
 
 
 def choose(per_fold: dict[int, dict[str, Any]], cfg: RegisterConfig) -> list[int]:
@@ -29,88 +23,44 @@ def choose(per_fold: dict[int, dict[str, Any]], cfg: RegisterConfig) -> list[int
     return [max(per_fold, key=lambda k: sign * per_fold[k][cfg.metric])]
 
 
-def describe(name: str, folds: list[int], metrics: dict[str, float]) -> str:
-    what = f"fold {folds[0]}" if len(folds) == 1 else f"ensemble of folds {', '.join(map(str, folds))}"
-    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in METRICS if k in metrics)
-    return f"U-Net (Ronneberger 2015) for ISBI 2012 EM membranes, {what}: {scores}"
-
-
-def record_artifact(dvc_yaml: str | Path, name: str, path: str, desc: str) -> None:
-    """Create or update ``artifacts.<name>`` in ``dvc.yaml`` (comments and stages kept)."""
-    yaml = roundtrip_yaml()
-    dvc_yaml = Path(dvc_yaml)
-    doc = yaml.load(dvc_yaml.read_text())
-    arts = doc.setdefault("artifacts", {})
-    arts[name] = {"path": path, "type": "model", "desc": desc, "labels": ["unet", "segmentation", "isbi2012"]}
-    tmp = dvc_yaml.with_suffix(".yaml.tmp")
-    with open(tmp, "w") as f:
-        yaml.dump(doc, f)
-    tmp.replace(dvc_yaml)
-
-
-def _git(*args: str, cwd: str | Path = ".") -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-
-
-def _tagger_env(cwd: str | Path) -> dict[str, str]:
-    """GTO writes annotated tags, which need an identity; fall back to a neutral one if git has none."""
-    env = dict(os.environ)
-    if not _git("config", "user.email", cwd=cwd).stdout.strip():
-        for role in ("AUTHOR", "COMMITTER"):
-            env.setdefault(f"GIT_{role}_NAME", "unet-medical")
-            env.setdefault(f"GIT_{role}_EMAIL", "unet-medical@localhost")
-    return env
-
-
-RECORD = ("dvc.lock", "dvc.yaml", "params.yaml")  # what pins a model version in git
-
-
-def publish(name: str, stage: str, card_path: str | Path, cwd: str | Path = ".") -> dict[str, str]:
-    """Commit the pipeline's record (``dvc.lock``, ``dvc.yaml``, ``params.yaml``) if it changed, then tag
-    that commit as a new GTO version of ``name`` and assign ``stage`` — unless the newest version already
-    holds this model (same sha256). Tagging a commit that pins the model is what lets ``dvc artifacts get``
-    and ``gto`` resolve a version to its files.
-
-    Raises:
-        RuntimeError: not a git repository with a commit, or git/GTO failed.
-    """
-    env = _tagger_env(cwd)
-    if _git("rev-parse", "--verify", "HEAD", cwd=cwd).returncode != 0:
-        raise RuntimeError(f"{Path(cwd).resolve()}: GTO needs a git repository with at least one commit")
-    card = json.loads(Path(card_path).read_text())
-    digest, message = card["sha256"], card["description"]
-    shown = subprocess.run(["gto", "show", name, "--json"], cwd=cwd, capture_output=True, text=True)
-    versions = json.loads(shown.stdout) if shown.returncode == 0 and shown.stdout.strip() else []
-    for v in versions if isinstance(versions, list) else []:
-        note = _git("tag", "-l", "--format=%(contents)", f"{name}@{v['version']}", cwd=cwd).stdout
-        if digest in note:
-            log.info("GTO: %s %s already holds model %s", name, v["version"], digest[:12])
-            return {"version": v["version"], "stage": stage}
-    changed = [p for p in RECORD if _git("status", "--porcelain", "--", p, cwd=cwd).stdout.strip()]
-    if changed:
-        _git("add", "--", *changed, cwd=cwd)
-        r = subprocess.run(
-            ["git", "commit", "-q", "-m", f"{name}: {message}", "--", *changed],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            env=env,
+def caveat(folds: list[int], per_fold: dict[int, dict[str, Any]], cfg: RegisterConfig) -> str:
+    """What the card's numbers mean for the published model, in one sentence."""
+    k = len(per_fold)
+    if len(folds) > 1:
+        return (
+            f"Ensemble of the {len(folds)} fold models; each member was validated only on its own held-out fold, "
+            f"so the ensemble itself has no held-out score: the estimate is the {k}-fold cross-validated "
+            "score of a single model trained this way (an ensemble usually does at least as well)."
         )
-        if r.returncode != 0:
-            raise RuntimeError(f"git commit {' '.join(changed)}: {(r.stderr or r.stdout).strip()}")
-        log.info("committed %s", ", ".join(changed))
-    msg = f"{message} (model.keras sha256 {digest})"
-    for cmd in (["gto", "register", name, "--message", msg], ["gto", "assign", name, "--stage", stage]):
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-        if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[:3])}: {(r.stderr or r.stdout).strip().splitlines()[-1]}")
-    latest = json.loads(subprocess.run(["gto", "show", name, "--json"], cwd=cwd, capture_output=True, text=True).stdout)
-    version = latest[0]["version"] if latest else ""
-    log.info(
-        "GTO: %s %s registered at %s, stage %s",
-        name,
-        version,
-        _git("rev-parse", "--short", "HEAD", cwd=cwd).stdout.strip(),
-        stage,
+    return (
+        f"Fold {folds[0]}'s model, picked as the best of {k} by {cfg.metric} on its own held-out slices: "
+        f"that pick is optimistic ({cfg.metric} {per_fold[folds[0]][cfg.metric]:.4f} on "
+        f"{len(per_fold[folds[0]].get('slices', []))} slices); the estimate is the {k}-fold cross-validated score."
     )
-    return {"version": version, "stage": stage}
+
+
+def describe(name: str, folds: list[int], cv: dict[str, Any], k: int) -> str:
+    """One line for the card and the GTO annotation: what the model is and its cross-validated scores."""
+    what = f"fold {folds[0]} (best of {k})" if len(folds) == 1 else f"ensemble of {len(folds)} folds"
+    shown = ("vrand", "vinfo", "pixel_error", "soft_dice")
+    scores = ", ".join(f"{m} {cv[m]['mean']:.4f} ± {cv[m]['std']:.4f}" for m in shown)
+    return f"U-Net (Ronneberger 2015) for ISBI 2012 EM membranes, {what}; {k}-fold CV: {scores}"
+
+
+def card(
+    cfg: RegisterConfig, per_fold: dict[int, dict[str, Any]], folds: list[int], digest: str, files: dict[str, str]
+) -> dict[str, Any]:
+    """The model card: what was published, its cross-validated estimate, and what that estimate means."""
+    cv = over_folds(per_fold)
+    return {
+        "name": cfg.name,
+        "description": describe(cfg.name, folds, cv, len(per_fold)),
+        "folds": folds,
+        "select": cfg.select,
+        "metric": cfg.metric,
+        "cross_validated": cv,
+        "caveat": caveat(folds, per_fold, cfg),
+        "selected_fold_metrics": {k: {m: per_fold[k][m] for m in METRICS} for k in folds} if len(folds) == 1 else {},
+        "sha256": digest,
+        "files": files,
+    }

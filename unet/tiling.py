@@ -59,8 +59,9 @@ def predict_slice(model: keras.Model, image: np.ndarray, batch_size: int) -> np.
     margin = (tile - out) // 2
     h, w = image.shape
     ny, nx = math.ceil(h / out), math.ceil(w / out)
-    # reflect = mirror without repeating the edge pixel; numpy reflects repeatedly for pads > size
-    padded = np.pad(image, ((margin, margin + ny * out - h), (margin, margin + nx * out - w)), mode="reflect")
+    # symmetric = mirror repeating the edge pixel, as training's augmentation samples (unet.augment);
+    # numpy mirrors repeatedly for pads > size
+    padded = np.pad(image, ((margin, margin + ny * out - h), (margin, margin + nx * out - w)), mode="symmetric")
     corners = [(ty * out, tx * out) for ty in range(ny) for tx in range(nx)]
     result = np.empty((ny * out, nx * out), np.float32)
     for start in range(0, len(corners), batch_size):

@@ -147,26 +147,37 @@ def make_trainer(cfg: Config) -> Trainer:
     return trainer
 
 
-class _Monitor(keras.callbacks.Callback):
-    """Every epoch (``steps_per_epoch`` steps): stop on a non-finite loss, log, checkpoint (rank 0)."""
+def resume_fingerprint(cfg: Config) -> str:
+    """What a checkpoint must share to be resumed: every train param and every runtime param that shapes
+    the optimizer's variables or the numerics (precision, XLA, TF32, device count), not ``parallel``."""
+    runtime = {k: v for k, v in to_dict(cfg.runtime).items() if k != "parallel"}
+    return fingerprint({"train": to_dict(cfg.train), "runtime": runtime})
 
-    def __init__(self, cfg: Config, workdir: Path, start: int, live: Any):
+
+class _Monitor(keras.callbacks.Callback):
+    """Counts optimizer steps; every ``steps_per_epoch`` steps (and at the last): stop on a non-finite
+    loss, log, and checkpoint (rank 0)."""
+
+    def __init__(self, cfg: Config, checkpoints: Path, start: int, live: Any):
         super().__init__()
-        self.cfg, self.workdir, self.live = cfg, workdir, live
-        self.step, self.t0 = start, time.perf_counter()
+        self.cfg, self.checkpoints, self.live = cfg, checkpoints, live
+        self.step, self.t0, self.t0_step = start, time.perf_counter(), start
         self.failed: str | None = None
-        self.meta = {"fingerprint": fingerprint(cfg.train), "config": to_dict(cfg)}
+        self.meta = {"fingerprint": resume_fingerprint(cfg), "config": to_dict(cfg)}
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.step += 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         t = self.cfg.train
         logs = dict(logs or {})
-        self.step = (epoch + 1) * t.steps_per_epoch
         if not all(math.isfinite(float(v)) for v in logs.values()):
             self.failed = f"non-finite loss/metric at step {self.step}: {logs}"
             self.model.stop_training = True
             return
-        dt, self.t0 = time.perf_counter() - self.t0, time.perf_counter()
-        logs["img_per_s"] = t.steps_per_epoch * t.batch_size / dt
+        now = time.perf_counter()
+        logs["img_per_s"] = (self.step - self.t0_step) * t.batch_size / max(now - self.t0, 1e-9)
+        self.t0, self.t0_step = now, self.step
         if not distributed.is_chief():
             return
         self.live.step = self.step
@@ -174,13 +185,38 @@ class _Monitor(keras.callbacks.Callback):
             self.live.log_metric(k, float(v))
         self.live.make_summary()
         if self.step % t.checkpoint_every == 0 or self.step >= t.max_steps:
-            checkpoint.save(self.workdir / "checkpoints", self.step, self.model, self.meta, t.keep_checkpoints)
+            checkpoint.save(self.checkpoints, self.step, self.model, self.meta, t.keep_checkpoints)
 
 
-def train(cfg: Config, data: SliceData, workdir: str | Path, callbacks: list[Any] | None = None) -> dict[str, float]:
-    """Train ``cfg.train`` on ``data``; write checkpoints, metrics and ``model.keras`` under ``workdir``.
+def _resume(cfg: Config, checkpoints: Path) -> tuple[Trainer, int]:
+    """A trainer restored from the newest checkpoint written with the same params, and its step; a fresh
+    trainer and step 0 when there is none (or it does not fit: resume state never crashes a run)."""
+    trainer = make_trainer(cfg)
+    found = checkpoint.latest(checkpoints, resume_fingerprint(cfg))
+    if not found:
+        if any(checkpoints.glob("step-*")):
+            log.info("%s: no checkpoint written with these train/runtime params: starting afresh", checkpoints)
+        return trainer, 0
+    try:
+        checkpoint.restore(found[0], trainer)
+    except ValueError as exc:
+        log.info("%s: cannot resume (%s): starting afresh", found[0], exc)
+        return make_trainer(cfg), 0
+    log.info("resuming from %s (step %d of %d)", found[0], found[1]["step"], cfg.train.max_steps)
+    return trainer, int(found[1]["step"])
 
-    Resumes from the newest checkpoint in ``workdir/checkpoints`` written with the same train params.
+
+def train(
+    cfg: Config,
+    data: SliceData,
+    workdir: str | Path,
+    callbacks: list[Any] | None = None,
+    checkpoints: str | Path | None = None,
+) -> dict[str, float]:
+    """Train ``cfg.train`` on ``data`` for exactly ``max_steps`` optimizer steps; write metrics and
+    ``model.keras`` under ``workdir`` and checkpoints under ``checkpoints`` (default ``workdir/checkpoints``).
+
+    Resumes from the newest checkpoint written with the same train and runtime params.
 
     Raises:
         RuntimeError: the loss became NaN/Inf (the last good checkpoint is kept).
@@ -188,33 +224,28 @@ def train(cfg: Config, data: SliceData, workdir: str | Path, callbacks: list[Any
     from dvclive import Live
 
     t, workdir = cfg.train, Path(workdir)
-    trainer = make_trainer(cfg)
-    start = 0
-    found = checkpoint.latest(workdir / "checkpoints", fingerprint(t))
-    if found:
-        checkpoint.restore(found[0], trainer)
-        start = found[1]["step"]
-        log.info("resuming from %s (step %d of %d)", found[0], start, t.max_steps)
+    ckpt_dir = Path(checkpoints) if checkpoints is not None else workdir / "checkpoints"
+    trainer, start = _resume(cfg, ckpt_dir)
     distributed.broadcast_state(trainer)
-    epochs = math.ceil(t.max_steps / t.steps_per_epoch)
     out = output_size(t.model.tile, t.model.depth) or 0
     chief = distributed.is_chief()
     live = Live(str(workdir), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) if chief else None
-    monitor = _Monitor(cfg, workdir, start, live)
-    if start < epochs * t.steps_per_epoch:
+    monitor = _Monitor(cfg, ckpt_dir, start, live)
+    # whole epochs of steps_per_epoch, then one short epoch for the remainder: exactly max_steps steps
+    spe, full = t.steps_per_epoch, (t.max_steps - start) // t.steps_per_epoch
+    for epochs, steps in ((full, spe), (1 if (t.max_steps - start) % spe else 0, (t.max_steps - start) % spe)):
+        if not epochs or monitor.failed:
+            continue
         trainer.fit(
-            batches(data, t, start, t.model.tile, out, distributed.rank(), distributed.per_replica_count()),
+            batches(data, t, monitor.step, t.model.tile, out, distributed.rank(), distributed.per_replica_count()),
             epochs=epochs,
-            initial_epoch=start // t.steps_per_epoch,
-            steps_per_epoch=t.steps_per_epoch,
+            steps_per_epoch=steps,
             shuffle=False,
             callbacks=[monitor, *(callbacks or [])],
             verbose=(1 if sys.stdout.isatty() else 2) if chief else 0,
         )
     if monitor.failed:
-        raise RuntimeError(
-            f"{workdir}: training stopped: {monitor.failed}; last good checkpoint kept in {workdir / 'checkpoints'}"
-        )
+        raise RuntimeError(f"{workdir}: training stopped: {monitor.failed}; last good checkpoint kept in {ckpt_dir}")
     if live is not None:
         with atomic_path(workdir / "model.keras") as tmp:
             trainer.unet.save(tmp)

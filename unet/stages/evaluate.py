@@ -1,7 +1,9 @@
 """evaluate stage: each fold's model on its own validation slices, by overlap-tile inference on whole slices.
 
-Writes ``metrics/fold<k>.json`` and ``metrics/summary.json`` (mean and std over folds) for
-``dvc metrics``, ``plots/evaluate/slices.csv`` (one row per slice) and overlay PNGs for ``dvc plots``.
+Writes ``--metrics`` (``fold<k>`` -> its metrics, so ``dvc metrics diff`` compares fold by fold) and
+``--summary`` (mean and std over folds) for ``dvc metrics``, ``--slices`` (one row per slice) and overlay
+PNGs for ``dvc plots``. V_rand/V_info/pixel error follow the ISBI 2012 challenge's protocol on each fold's
+stack of validation slices; ``*_fixed`` and ``mismatch`` are at ``evaluate.threshold``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 import keras
 
 from unet.config import Config
-from unet.evaluation import evaluate_fold, fold_summary, over_folds, overlay, write_png
+from unet.evaluation import evaluate_fold, fold_summary, overlay, write_png
 from unet.io import atomic_path, read_stack, to_binary, write_json
+from unet.metrics import over_folds
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)
@@ -30,10 +33,12 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
     models = Path(args.models)
     per_fold, rows = {}, []
     for k, fold in enumerate(folds):
-        model = keras.saving.load_model(models / f"fold{k}" / "model.keras", compile=False)
-        fold_rows, prob = evaluate_fold(model, images, labels, fold["val"], cfg.evaluate)
-        per_fold[k] = fold_summary(k, fold_rows)
-        write_json(Path(args.metrics) / f"fold{k}.json", per_fold[k])
+        path = models / f"fold{k}" / "model.keras"
+        if not path.is_file():
+            raise ValueError(f"{path}: no model for fold {k} of {len(folds)} (data/folds.json)")
+        model = keras.saving.load_model(path, compile=False)
+        metrics, fold_rows, prob = evaluate_fold(model, images, labels, fold["val"], cfg.evaluate)
+        per_fold[k] = fold_summary(k, fold["val"], metrics)
         rows += [{"fold": k, **r} for r in fold_rows]
         for i, s in enumerate(fold["val"][: cfg.evaluate.overlays]):
             write_png(
@@ -43,21 +48,21 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
         log.info(
             "fold %d: %s",
             k,
-            ", ".join(f"{m}={per_fold[k][m]:.4f}" for m in ("soft_dice", "dice", "vrand", "vinfo", "pixel_error")),
+            ", ".join(
+                f"{m}={per_fold[k][m]:.4f}" for m in ("vrand", "vinfo", "pixel_error", "vrand_fixed", "soft_dice")
+            ),
         )
     summary = over_folds(per_fold)
-    write_json(Path(args.metrics) / "summary.json", summary)
+    write_json(args.metrics, {f"fold{k}": m for k, m in per_fold.items()})
+    write_json(args.summary, summary)
     with atomic_path(args.slices) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     log.info(
-        "over %d folds: soft_dice %.4f +- %.4f, vrand %.4f +- %.4f",
+        "over %d folds (challenge protocol): vrand %.4f +- %.4f, vinfo %.4f +- %.4f, pixel_error %.4f +- %.4f",
         len(folds),
-        summary["soft_dice"]["mean"],
-        summary["soft_dice"]["std"],
-        summary["vrand"]["mean"],
-        summary["vrand"]["std"],
+        *(summary[m][s] for m in ("vrand", "vinfo", "pixel_error") for s in ("mean", "std")),
     )
 
 
@@ -65,8 +70,9 @@ if __name__ == "__main__":
     p = _cli.parser("evaluate", __doc__)
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--folds", default="data/folds.json")
-    p.add_argument("--models", default="models", help="directory holding fold<k>/model.keras")
-    p.add_argument("--metrics", default="metrics")
+    p.add_argument("--models", default="models/folds", help="directory holding fold<k>/model.keras")
+    p.add_argument("--metrics", default="metrics/folds.json", help="per-fold metrics (JSON)")
+    p.add_argument("--summary", default="metrics/summary.json", help="mean and std over folds (JSON)")
     p.add_argument("--slices", default="plots/evaluate/slices.csv")
     p.add_argument("--overlays", default="plots/overlays")
     _cli.run("evaluate", main, p.parse_args())

@@ -1,7 +1,8 @@
 """train stage: train one fold (``--fold k``, a DVC matrix item) into ``models/fold<k>/``.
 
-Writes ``model.keras``, ``checkpoints/``, ``config.json`` (the resolved params), DVCLive's
-``metrics.json`` and ``plots/``. A rerun after a kill resumes from the newest matching checkpoint.
+Writes ``model.keras``, ``config.json`` (the resolved params), DVCLive's ``metrics.json`` and ``plots/``
+under ``--out``, and resume state under ``--checkpoints``. A rerun after a kill resumes from the newest
+checkpoint written with the same train and runtime params.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
         )
         workdir.mkdir(parents=True, exist_ok=True)
         write_json(workdir / "config.json", {"fold": args.fold, **to_dict(cfg)})
-    metrics = train(cfg, data, workdir)
+    metrics = train(cfg, data, workdir, checkpoints=args.checkpoints)
     if chief:
         log.info("fold %d done: %s", args.fold, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
@@ -63,7 +64,8 @@ if __name__ == "__main__":
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--folds", default="data/folds.json")
-    p.add_argument("--out", help="output directory (default: models/fold<k>)")
+    p.add_argument("--out", help="output directory (default: models/folds/fold<k>)")
+    p.add_argument("--checkpoints", help="resume state directory (default: <out>/checkpoints)")
     a = p.parse_args()
-    a.out = a.out or f"models/fold{a.fold}"
+    a.out = a.out or f"models/folds/fold{a.fold}"
     _cli.run("train", main, a)

@@ -1,0 +1,166 @@
+"""Releasing: turn a chosen DVC experiment into a git branch holding its record (``dvc.lock``, params, metrics,
+the model card), push its data to the DVC remote, and tag it as a new GTO version in a stage.
+
+Nothing here runs as part of the pipeline: ``unet release EXP`` (``make release EXP=...``) is explicit. The
+user's branch, workspace and history are left as they are; the release lives on ``release/<exp>``, and the
+GTO tags point at that commit, so ``gto show`` lists the version and ``dvc artifacts get`` resolves it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class ReleaseError(RuntimeError):
+    """A release that must not happen; the message says why in one line."""
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        last = (r.stderr or r.stdout).strip().splitlines()
+        raise ReleaseError(f"{' '.join(cmd[:3])}: {last[-1] if last else f'exit {r.returncode}'}")
+    return r
+
+
+def experiment_commit(repo: Path, name: str) -> str:
+    """The commit of experiment ``name``, preferring one based on HEAD."""
+    head = _run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    refs = _run(["git", "for-each-ref", "refs/exps", "--format=%(refname) %(objectname)"], repo).stdout.split("\n")
+    found = [line.split() for line in refs if line.strip() and line.split()[0].endswith(f"/{name}")]
+    if not found:
+        raise ReleaseError(f"experiment {name!r} not found (dvc exp show lists the experiments)")
+    based_on_head = [sha for ref, sha in found if ref.startswith(f"refs/exps/{head[:2]}/{head[2:]}/")]
+    return (based_on_head or [found[0][1]])[0]
+
+
+def check_identity(repo: Path) -> None:
+    if _run(["git", "var", "GIT_COMMITTER_IDENT"], repo, check=False).returncode != 0:
+        raise ReleaseError(
+            "git has no identity for the release tags: set git config user.email and git config user.name"
+        )
+
+
+def check_clean(repo: Path) -> None:
+    """Refuse uncommitted changes to tracked files, unless they are exactly some experiment's results (what
+    ``dvc exp run`` leaves in the workspace)."""
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout.splitlines()
+    changed = [line[3:] for line in status]
+    if not changed:
+        return
+    exps = _run(["git", "for-each-ref", "refs/exps", "--format=%(objectname)"], repo).stdout.split()
+    for sha in exps:
+        if _run(["git", "diff", "--quiet", sha, "--", *changed], repo, check=False).returncode == 0:
+            return
+    mine = [f for f in changed if not any(_same(repo, sha, f) for sha in exps)] or changed
+    shown = ", ".join(mine[:5]) + (", ..." if len(mine) > 5 else "")
+    raise ReleaseError(f"the workspace has uncommitted changes ({shown}): commit or stash them first")
+
+
+def _same(repo: Path, sha: str, path: str) -> bool:
+    return _run(["git", "diff", "--quiet", sha, "--", path], repo, check=False).returncode == 0
+
+
+def check_remote(repo: Path) -> str:
+    remote = _run(["dvc", "remote", "default"], repo, check=False).stdout.strip()
+    if not remote:
+        raise ReleaseError("no default DVC remote to push the model to: dvc remote add -d NAME URL")
+    return remote
+
+
+def push_data(repo: Path, rev: str, remote: str) -> int:
+    """Push every cached output of commit ``rev`` to ``remote``; raise unless all of it is there after.
+
+    DVC resolves a relative local remote (like the default ``../.dvc-remote``) against the git tree when it
+    pushes a revision other than the workspace, which lands outside the repository; a local remote is
+    therefore pushed through a temporary ``--local`` remote with its absolute path.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        url = str(dvc.config["remote"][remote]["url"])
+    local = "://" not in url
+    name = "unet-release-tmp" if local else remote
+    if local:
+        _run(["dvc", "remote", "add", "--local", "-f", name, str(Path(url).resolve())], repo)
+    try:
+        with Repo(str(repo)) as dvc:
+            pushed = int(dvc.push(revs=[rev], workspace=False, remote=name))
+    except Exception as exc:  # DVC raises several types for a missing cache or an unreachable remote
+        raise ReleaseError(f"dvc push of {rev} to remote {remote!r} failed: {str(exc).splitlines()[0]}") from exc
+    finally:
+        if local:
+            _run(["dvc", "remote", "remove", "--local", name], repo, check=False)
+    if local:
+        missing = [p for p in locked_hashes(repo, rev) if not (Path(url) / "files" / "md5" / p[:2] / p[2:]).exists()]
+        if missing:
+            raise ReleaseError(f"dvc push of {rev} to remote {remote!r}: {len(missing)} objects missing there")
+    return pushed
+
+
+def locked_hashes(repo: Path, rev: str) -> list[str]:
+    """md5 of every cached output at ``rev`` (directories as their ``.dir`` manifests)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        for _ in dvc.brancher(revs=[rev], workspace=False):
+            return [str(o.hash_info.value) for o in dvc.index.outs if o.use_cache and o.hash_info.value]
+    return []
+
+
+def gto(repo: Path, *args: str) -> str:
+    return _run(["gto", *args], repo).stdout
+
+
+def release(repo: str | Path, experiment: str, name: str, stage: str, card_path: str) -> dict[str, Any]:
+    """Release ``experiment`` as a new GTO version of artifact ``name``, assigned to ``stage``.
+
+    Raises:
+        ReleaseError: no git identity, a dirty workspace, an unknown experiment, no DVC remote, or data that
+            did not reach the remote (nothing is tagged then).
+    """
+    repo = Path(repo)
+    check_identity(repo)
+    sha = experiment_commit(repo, experiment)
+    check_clean(repo)
+    remote = check_remote(repo)
+    branch = f"release/{experiment}"
+    existing = _run(["git", "rev-parse", "--verify", "-q", branch], repo, check=False).stdout.strip()
+    if existing and existing != sha:
+        raise ReleaseError(f"branch {branch} exists and is not experiment {experiment}: delete or rename it first")
+    if not existing:
+        _run(["dvc", "exp", "branch", experiment, branch], repo)
+    try:
+        pushed = push_data(repo, branch, remote)
+    except ReleaseError:
+        if not existing:
+            _run(["git", "branch", "-D", branch], repo, check=False)
+        raise
+    card = json.loads(_run(["git", "show", f"{sha}:{card_path}"], repo).stdout)
+    message = f"{card['description']} (model.keras sha256 {card['sha256']}; experiment {experiment})"
+    listed = _run(["gto", "show", name, "--json"], repo, check=False)  # fails while the artifact has no version
+    shown = json.loads(listed.stdout) if listed.returncode == 0 and listed.stdout.strip() else []
+    for v in shown if isinstance(shown, list) else []:
+        if card["sha256"] in (v.get("message") or ""):
+            log.info("%s %s already holds this model", name, v["version"])
+            _run(["gto", "assign", name, "--version", v["version"], "--stage", stage], repo, check=False)
+            return {"version": v["version"], "stage": stage, "branch": branch, "pushed": pushed}
+    gto(repo, "register", name, branch, "--message", message)
+    version = json.loads(gto(repo, "show", name, "--json"))[0]["version"]
+    gto(repo, "assign", name, "--version", version, "--stage", stage)
+    log.info(
+        "released %s %s (stage %s) from experiment %s on %s (%d files pushed)",
+        name,
+        version,
+        stage,
+        experiment,
+        branch,
+        pushed,
+    )
+    return {"version": version, "stage": stage, "branch": branch, "pushed": pushed}
