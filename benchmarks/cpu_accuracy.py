@@ -26,14 +26,31 @@ from unet.presets import PRESETS, apply
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS: dict[str, dict[str, Any]] = {
-    # the previous cpu preset, for reference
-    "cpu-150": {**PRESETS["cpu"], "train.max_steps": 150, "train.model.base_filters": 8, "train.model.dropout": 0.0},
     "cpu": PRESETS["cpu"],
-    "cpu-16f": {**PRESETS["cpu"], "train.model.base_filters": 16},
     "cpu-long": PRESETS["cpu-long"],
-    "cpu-bw": {**PRESETS["cpu"], "train.loss.border_weight": True},
-    "cpu-bw-16f": {**PRESETS["cpu"], "train.loss.border_weight": True, "train.model.base_filters": 16},
-    "cpu-bw-1200": {**PRESETS["cpu"], "train.loss.border_weight": True, "train.max_steps": 1200},
+    # what was tried on the way to the presets
+    "8f-600": {**PRESETS["cpu"], "train.model.base_filters": 8, "train.max_steps": 600, "train.schedule": "constant"},
+    "8f-600-border": {
+        **PRESETS["cpu"],
+        "train.model.base_filters": 8,
+        "train.max_steps": 600,
+        "train.schedule": "constant",
+        "train.loss.border_weight": True,
+    },
+    "16f-600-border": {
+        **PRESETS["cpu"],
+        "train.model.base_filters": 16,
+        "train.max_steps": 600,
+        "train.schedule": "constant",
+        "train.loss.border_weight": True,
+    },
+    "16f-600": {**PRESETS["cpu"], "train.model.base_filters": 16, "train.max_steps": 600, "train.schedule": "constant"},
+    "16f-800-cosine": {
+        **PRESETS["cpu"],
+        "train.model.base_filters": 16,
+        "train.max_steps": 800,
+        "train.schedule": "cosine",
+    },
 }
 
 

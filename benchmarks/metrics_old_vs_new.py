@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import keras
 import numpy as np
@@ -30,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def old_metrics(rev: str) -> ModuleType:
-    src = subprocess.run(["git", "show", f"{rev}:unet/metrics.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    src = subprocess.run(
+        ["git", "show", f"{rev}:unet/metrics.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     path = Path(tempfile.mkdtemp()) / "old_metrics.py"
     path.write_text(src.stdout)
     spec = importlib.util.spec_from_file_location("old_metrics", path)
@@ -59,7 +62,7 @@ def main() -> None:
         before = [old.slice_metrics(prob[i], labels[s], 0.5) for i, s in enumerate(val)]
         after = metrics.challenge_scores(prob, labels[val])
         fixed = metrics.fixed_scores(prob, labels[val], 0.5)
-        row = {"fold": k}
+        row: dict[str, Any] = {"fold": k}
         for m in ("vrand", "vinfo", "pixel_error"):
             row[f"old_{m}"] = float(np.mean([r[m] for r in before]))
             row[f"new_{m}"] = after[m]

@@ -1,5 +1,4 @@
 import ast
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,26 +8,12 @@ from unet import config
 from unet.config import Config, from_dict
 from unet.presets import PRESETS, apply
 
-from .conftest import ROOT
-
-
-def committed_params() -> str:
-    """The project's params.yaml: the workspace copy, unless it is a DVC experiment's (``make run`` runs the
-    cpu preset as a workspace experiment, which sets its params there), then the committed one."""
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-
-    workspace = (ROOT / "params.yaml").read_text()
-    exps = git("for-each-ref", "refs/exps", "--format=%(objectname)").stdout.split()
-    if any(git("show", f"{sha}:params.yaml").stdout == workspace for sha in exps):
-        return git("show", "HEAD:params.yaml").stdout
-    return workspace
+from .conftest import ROOT, project_params
 
 
 def test_params_yaml_loads_and_the_committed_one_is_the_gpu_recipe():
     config.load(ROOT / "params.yaml")  # the workspace copy (maybe an experiment's) is valid too
-    cfg = config.loads(committed_params())
+    cfg = config.loads(project_params())
     assert cfg == Config()
     assert (cfg.train.model.base_filters, cfg.train.model.tile, cfg.train.batch_size) == (64, 572, 8)
     assert (cfg.train.max_steps, cfg.train.learning_rate, cfg.split.k) == (6400, 1e-4, 5)
