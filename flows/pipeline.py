@@ -23,7 +23,7 @@ from prefect.futures import wait
 
 from unet import config
 from unet.metrics import METRICS
-from unet.presets import apply, experiment_env, overrides
+from unet.presets import apply, experiment_env, from_baseline, overrides
 
 NOISE = ("E0000", "WARNING: All log messages", "I0000", "W0000")  # TensorFlow's start-up chatter
 
@@ -63,7 +63,9 @@ def dvc_pull(repo: str) -> None:
 
 @task
 def set_params(repo: str, values: dict[str, Any]) -> None:
-    """The experiment's params in the workspace's params.yaml, as ``dvc exp run -S`` sets them."""
+    """The experiment's params in the workspace's params.yaml, as ``dvc exp run -S`` sets them, on top of
+    the committed ones (not an earlier experiment's)."""
+    from_baseline(repo)
     if values:
         apply(Path(repo) / "params.yaml", values)
         get_run_logger().info("params.yaml (workspace): %s", ", ".join(f"{k}={v}" for k, v in values.items()))
@@ -72,7 +74,8 @@ def set_params(repo: str, values: dict[str, Any]) -> None:
 def _repro(repo: str, stage: str, gpu: int | None = None) -> None:
     env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else None
     try:
-        _run(["dvc", "repro", "--single-item", stage], repo, env=env)
+        # fold-parallel runs share one repository: wait for DVC's lock instead of failing after 3 s
+        _run(["dvc", "--wait-for-lock", "repro", "--single-item", stage], repo, env=env)
     except RuntimeError as exc:
         if str(exc).startswith("validate: error:"):
             create_markdown_artifact(
@@ -88,10 +91,26 @@ download = task(retries=3, retry_delay_seconds=[10, 30, 90], task_run_name="down
 repro = task(task_run_name="{stage}", name="repro")(_repro)
 
 
+def git_tracked_outputs(repo: str) -> list[str]:
+    """The pipeline's ``cache: false`` outputs and the ``.gitignore`` files DVC wrote: what git must hold."""
+    from dvc.repo import Repo
+
+    with Repo(repo) as dvc:
+        outs = sorted({str(o.def_path) for o in dvc.index.outs if not o.use_cache})
+    untracked = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard"], cwd=repo, capture_output=True, text=True
+    ).stdout.split()
+    return [p for p in outs if (Path(repo) / p).exists()] + [p for p in untracked if p.endswith(".gitignore")]
+
+
 @task
 def save_experiment(repo: str, name: str) -> None:
-    """Record the workspace as DVC experiment ``name`` (replacing one of that name on this commit)."""
-    _run(["dvc", "exp", "save", "-n", name, "-f"], repo, env=experiment_env(repo))
+    """Record the workspace as DVC experiment ``name`` (replacing one of that name on this commit).
+
+    ``dvc exp save`` commits only what git already tracks plus ``dvc.lock``: the metrics, plots, reports and
+    card that stages wrote are included explicitly, as ``dvc exp run`` would."""
+    include = [arg for p in git_tracked_outputs(repo) for arg in ("-I", p)]
+    _run(["dvc", "exp", "save", "-n", name, "-f", *include], repo, env=experiment_env(repo))
 
 
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
@@ -145,7 +164,10 @@ def pipeline(
         repro(repo, stage)
     cfg = config.load(Path(repo) / "params.yaml")
     if cfg.runtime.parallel == "fold" and cfg.runtime.gpus >= cfg.split.k:  # one fold per GPU, at once
-        wait([repro.submit(repo, f"train@{k}", gpu=k) for k in cfg.split.folds])
+        futures = [repro.submit(repo, f"train@{k}", gpu=k) for k in cfg.split.folds]
+        wait(futures)
+        for f in futures:
+            f.result()  # a failed fold fails the flow here, not later in evaluate
     else:
         for k in cfg.split.folds:
             repro(repo, f"train@{k}")

@@ -135,3 +135,12 @@ def test_deployment_runs_on_a_process_worker_against_a_real_server(isbi, tmp_pat
         server.wait(timeout=60)
     assert np.isfinite(json.loads((repo / "metrics" / "summary.json").read_text())["vrand"]["mean"])
     assert Path(repo / ".dvc-remote").is_dir()  # dvc push reached the default local remote
+    # the run is DVC experiment "prefect", holding its metrics and card like a `dvc exp run` would
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True, env=env)  # noqa: E731
+    ref = next(
+        r for r in git("for-each-ref", "refs/exps", "--format=%(refname)").stdout.split() if r.endswith("/prefect")
+    )
+    card = json.loads(git("show", f"{ref}:models/card.json").stdout)
+    assert card["cross_validated"]["vrand"]["mean"] > 0
+    assert git("show", f"{ref}:metrics/folds.json").returncode == 0
+    assert git("rev-list", "--count", "HEAD").stdout.strip() == "1"  # no commit on the branch

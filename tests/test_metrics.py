@@ -67,18 +67,18 @@ def test_challenge_scores_match_the_reference_port(labels, kind):
     assert ours["pixel_error"] == pytest.approx(theirs["pixel_error"], abs=1e-12)
     assert ours["pixel_error_threshold"] == round(theirs["pixel_threshold"], 1)
     # scikit-image's watershed breaks ties between equal fronts differently from the Fiji plugin's flooding,
-    # which moves a dam line by one pixel on even-width membranes: bounded here at 0.01, typically ~1e-3
-    assert ours["vrand"] == pytest.approx(theirs["vrand"], abs=0.01)
-    assert ours["vinfo"] == pytest.approx(theirs["vinfo"], abs=0.01)
+    # which moves a dam line by one pixel on even-width membranes: measured <= 9e-4, bounded at 2e-3
+    assert ours["vrand"] == pytest.approx(theirs["vrand"], abs=2e-3)
+    assert ours["vinfo"] == pytest.approx(theirs["vinfo"], abs=2e-3)
     assert 0.3 < ours["vrand"] < 1.0
 
 
 def test_identical_where_the_thinning_cannot_differ(labels):
     """Binary proposals with 1-px membranes need no flooding choice: the port and ours agree to 1e-9."""
+    from skimage.segmentation import watershed
+
     skeleton = labels.copy()
     for i in range(len(skeleton)):  # cells grown until they touch: 1-px dams, no even-width membrane left
-        from skimage.segmentation import watershed
-
         seeds = ndimage.label(labels[i], structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])[0]
         skeleton[i] = watershed(np.zeros_like(seeds), seeds, connectivity=1, watershed_line=True) > 0
     prob = skeleton.astype(np.float32)
@@ -88,12 +88,24 @@ def test_identical_where_the_thinning_cannot_differ(labels):
 
 
 def test_one_threshold_for_the_stack_not_an_oracle_per_slice(labels):
+    """The stack's V_rand is the mean over slices at the one threshold it reports."""
     prob = degrade("blur_noise", labels, seed=3)
     stack = challenge_scores(prob, labels)
-    per_slice = [challenge_scores(prob[i : i + 1], labels[i : i + 1])["vrand"] for i in range(len(labels))]
-    assert stack["vrand"] <= np.mean(per_slice) + 1e-12  # the per-slice best can only flatter
-    fixed = fixed_scores(prob, labels, stack["vrand_threshold"])
+    fixed = fixed_scores(prob, labels, stack["vrand_threshold"] + 1e-9)  # the Java's accumulated threshold
     assert fixed["vrand_fixed"] == pytest.approx(stack["vrand"], abs=1e-12)
+    others = [fixed_scores(prob, labels, t)["vrand_fixed"] for t in (0.3, 0.5, 0.7)]
+    assert stack["vrand"] >= max(others) - 1e-12
+
+
+def test_degenerate_slices_score_as_the_java_does():
+    """No ground-truth interior: NaN (never chosen); one cell predicted as one segment: V_info 0."""
+    one_cell = np.ones((1, 12, 12), np.uint8)
+    ours, theirs = challenge_scores(one_cell.astype(np.float32), one_cell), ref.challenge_scores(one_cell, one_cell)
+    assert (ours["vrand"], ours["vinfo"]) == pytest.approx((theirs["vrand"], theirs["vinfo"]))
+    assert ours["vinfo"] == 0.0
+    empty = np.zeros((1, 12, 12), np.uint8)
+    ours, theirs = challenge_scores(np.full(empty.shape, 0.5, np.float32), empty), ref.challenge_scores(empty, empty)
+    assert (ours["vrand"], ours["vinfo"]) == (0.0, 0.0) == (theirs["vrand"], theirs["vinfo"])
 
 
 def test_stack_metrics_names_and_ranges(labels):

@@ -94,8 +94,11 @@ def test_experiments_compare_fold_by_fold_and_leave_history_alone(isbi, tmp_path
     assert run(repo, "git", "check-ignore", "-q", "metrics/folds.json").returncode != 0  # git tracks metrics
     assert run(repo, "git", "check-ignore", "-q", "checkpoints/fold0").returncode == 0  # resume state: ignored
 
-    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
-    assert "fold0.vrand" in json.dumps(shown) or '"vrand"' in json.dumps(shown)
+    shown = run(repo, "dvc", "exp", "show", "--csv", "--no-pager").stdout.splitlines()
+    header, row = shown[0].split(","), next(r.split(",") for r in shown if r.startswith("cpu,"))
+    assert "metrics/folds.json:fold4.vrand" in header or "fold4.vrand" in header, header
+    col = next(i for i, h in enumerate(header) if h.endswith("fold0.vrand"))
+    assert float(row[col]) == pytest.approx(per_fold["fold0"]["vrand"], abs=1e-4)
     r = experiment(repo, "cpu-2x", isbi, **{"train.max_steps": 2 * QUICK["train.max_steps"]})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for cmd in (("dvc", "metrics", "diff", "cpu", "cpu-2x"), ("dvc", "exp", "diff", "cpu", "cpu-2x")):
@@ -115,10 +118,12 @@ def test_experiments_compare_fold_by_fold_and_leave_history_alone(isbi, tmp_path
     run(repo, "dvc", "remote", "modify", "--local", "local", "url", "/proc/no-such-remote")
     bad = run(repo, "unet", "release", "cpu")
     assert bad.returncode == 1 and "dvc push" in bad.stderr and not git(repo, "tag")
+    assert not git(repo, "branch", "--list", "release/*")  # a refused release leaves no branch either
     run(repo, "dvc", "remote", "modify", "--local", "--unset", "local", "url")
     ok = run(repo, "unet", "release", "cpu")
     assert ok.returncode == 0, ok.stderr[-3000:]
-    assert git(repo, "rev-parse", "HEAD") == head  # the release lives on release/cpu
+    branch = json.loads(ok.stdout)["branch"]
+    assert branch.startswith("release/cpu-") and git(repo, "rev-parse", "HEAD") == head  # HEAD stays
     gto = json.loads(run(repo, "gto", "show", "unet-isbi2012", "--json").stdout)
     assert gto[0]["version"] == "v0.0.1" and card["sha256"] in gto[0]["message"]
     assert [s["stage"] for s in gto[0]["stages"]] == ["dev"]
@@ -128,7 +133,7 @@ def test_experiments_compare_fold_by_fold_and_leave_history_alone(isbi, tmp_path
 
     # a second clone of the release + dvc pull is the pipeline's state: nothing to reproduce
     clone = tmp_path / "clone"
-    assert run(tmp_path, "git", "clone", "-q", "-b", "release/cpu", str(repo), str(clone)).returncode == 0
+    assert run(tmp_path, "git", "clone", "-q", "-b", branch, str(repo), str(clone)).returncode == 0
     run(clone, "dvc", "remote", "modify", "--local", "local", "url", str(repo / ".dvc-remote"))
     pulled = run(clone, "dvc", "pull")
     assert pulled.returncode == 0, pulled.stderr[-2000:]

@@ -68,10 +68,14 @@ def test_killed_run_resumes_to_the_same_weights(tiny_cfg, data, tmp_path):
     assert loss(straight) == loss(resumed)  # the curves continue where they stopped
 
 
-def test_changed_params_do_not_resume(tiny_cfg, data, tmp_path):
+def test_changed_params_or_data_do_not_resume(tiny_cfg, data, tmp_path):
     train(tiny_cfg, data, tmp_path)
     other = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, max_steps=10))
     assert train(other, data, tmp_path)["step"] == 10  # trained afresh, not "already done"
+    meta = tmp_path / "checkpoints" / "step-00000010" / "meta.json"
+    before = json.loads(meta.read_text())["fingerprint"]
+    train(other, data, tmp_path, data_key="another split")  # same params, other fold's data: afresh again
+    assert json.loads(meta.read_text())["fingerprint"] != before  # step 10 was trained again, not resumed
 
 
 class PoisonAfterFirstEpoch(keras.callbacks.Callback):

@@ -17,14 +17,16 @@ challenge ran (Trainable_Segmentation's ``RandError.getMaximalVRandAfterThinning
   at each threshold (see :func:`aggregate`), then the maximum over thresholds;
 - pixel error: 1 - the best pixel F-score of the interior over the same thresholds.
 
-Deliberate difference: the watershed is scikit-image's (priority flooding with a FIFO among equal
+Deliberate differences: the watershed is scikit-image's (priority flooding with a FIFO among equal
 values), not MorphoLibJ's; on a binary map both flood the membrane breadth-first from the cells and can
 place a dam line one pixel apart where two fronts meet on an even-width membrane. The tests bound the
-effect against an independent port of the challenge's code.
+effect against an independent port of the challenge's code. A slice without ground-truth interior scores NaN
+as in the Java, and a threshold whose stack score is NaN is never chosen.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -114,12 +116,16 @@ def _fscore(tp: float, fp: float, fn: float) -> float:
 
 
 def slice_scores(c: dict[str, float]) -> tuple[float, float]:
-    """(V_rand, V_info) of one slice's contingency sums."""
+    """(V_rand, V_info) of one slice's contingency sums, with the Java's degenerate cases: no ground-truth
+    interior gives NaN (0/0), and a zero entropy on either side gives V_info 0 (``VariationOfInformation``
+    sets precision or recall to 0 then)."""
+    if c["n"] == 0:
+        return math.nan, math.nan
     n2 = c["n"] ** 2
     tp = n2 * c["sum_ab2"]
     v_rand = _fscore(tp, n2 * c["sum_b2"] - tp, n2 * c["sum_a2"] - tp)
     mutual = c["h_a"] + c["h_b"] - c["h_ab"]
-    v_info = 2 * mutual / (c["h_a"] + c["h_b"]) if c["h_a"] + c["h_b"] > 0 else 1.0
+    v_info = 2 * mutual / (c["h_a"] + c["h_b"]) if c["h_a"] > 0 and c["h_b"] > 0 else 0.0
     return v_rand, v_info
 
 
@@ -159,14 +165,16 @@ def challenge_scores(prob: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         # the Java binarises the labels with the same threshold: {0, 1} labels stay themselves for t < 1
         gt = ground_truth_cells(labels, t)
         rows.append((*rand_info_at(prob, gt, t), pixel_fscore(prob, labels, t)))
-    table = np.array(rows)
-    best = table.argmax(axis=0)  # first maximum, as the Java keeps the first strictly better
+    # the first maximum, as the Java keeps the first strictly better score starting from 0: NaN never wins
+    table = np.nan_to_num(np.array(rows), nan=-1.0)
+    best = table.argmax(axis=0)
+    score = [max(float(table[best[i], i]), 0.0) for i in range(3)]
     return {
-        "vrand": float(table[best[0], 0]),
+        "vrand": score[0],
         "vrand_threshold": round(THRESHOLDS[best[0]], 1),
-        "vinfo": float(table[best[1], 1]),
+        "vinfo": score[1],
         "vinfo_threshold": round(THRESHOLDS[best[1]], 1),
-        "pixel_error": float(1.0 - table[best[2], 2]),
+        "pixel_error": 1.0 - score[2],
         "pixel_error_threshold": round(THRESHOLDS[best[2]], 1),
     }
 
@@ -208,8 +216,8 @@ def stack_metrics(prob: np.ndarray, labels: np.ndarray, threshold: float) -> tup
     challenge aggregates them; the overlap scores are means over slices.
     """
     rows = [slice_metrics(p, lab, threshold) for p, lab in zip(prob, labels, strict=True)]
+    # the means of the per-slice rows: for vrand_fixed/vinfo_fixed that is the challenge's aggregation
     out: dict[str, Any] = {m: float(np.mean([r[m] for r in rows])) for m in SLICE_METRICS}
-    out |= fixed_scores(prob, labels, threshold)
     out |= challenge_scores(prob, labels)
     return out, rows
 

@@ -122,9 +122,32 @@ def resolve(name: str) -> str:
     return name
 
 
+def from_baseline(cwd: str | Path = ".") -> None:
+    """Make presets apply to the committed params: ``dvc exp run -S`` edits the workspace's params.yaml, so
+    after an experiment it holds that experiment's values, which a later preset (``gpu`` is empty) would
+    otherwise inherit. Edits of your own (params.yaml matching no experiment) are kept."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+
+    path = Path(cwd) / "params.yaml"
+    workspace = path.read_text()
+    head = git("show", "HEAD:params.yaml")
+    if head.returncode != 0 or head.stdout == workspace:
+        return
+    exps = git("for-each-ref", "refs/exps", "--format=%(objectname)").stdout.split()
+    if any(git("show", f"{sha}:params.yaml").stdout == workspace for sha in exps):
+        path.write_text(head.stdout)
+        print(
+            "presets: params.yaml held an earlier experiment's values: starting from the committed ones",
+            file=sys.stderr,
+        )
+
+
 def run_experiment(name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path = ".") -> int:
-    """``dvc exp run -n NAME -S ...`` in ``cwd``; an experiment of the same name on this commit is replaced
-    (with unchanged params and code, DVC's cache makes the rerun a no-op)."""
+    """``dvc exp run -n NAME -S ...`` in ``cwd`` from the committed params; an experiment of the same name on
+    this commit is replaced (with unchanged params and code, DVC's cache makes the rerun a no-op)."""
+    from_baseline(cwd)
     listed = subprocess.run(["dvc", "exp", "list", "--name-only"], cwd=cwd, capture_output=True, text=True)
     if name in listed.stdout.split():
         print(f"presets: replacing experiment '{name}' of this commit", file=sys.stderr)
@@ -162,10 +185,6 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run_experiment(args.name or name, PRESETS[name], extra))
 
 
-if __name__ == "__main__":
-    main()
-
-
 def overrides(
     preset: str | None = None,
     steps: int | None = None,
@@ -185,3 +204,7 @@ def overrides(
         spe = min(int(out.get("train.steps_per_epoch", 100)), steps)
         out |= {"train.steps_per_epoch": spe, "train.checkpoint_every": spe * max(1, min(5, steps // spe))}
     return out
+
+
+if __name__ == "__main__":
+    main()

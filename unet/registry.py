@@ -39,7 +39,7 @@ def caveat(folds: list[int], per_fold: dict[int, dict[str, Any]], cfg: RegisterC
     )
 
 
-def describe(name: str, folds: list[int], cv: dict[str, Any], k: int) -> str:
+def describe(folds: list[int], cv: dict[str, Any], k: int) -> str:
     """One line for the card and the GTO annotation: what the model is and its cross-validated scores."""
     what = f"fold {folds[0]} (best of {k})" if len(folds) == 1 else f"ensemble of {len(folds)} folds"
     shown = ("vrand", "vinfo", "pixel_error", "soft_dice")
@@ -54,7 +54,7 @@ def card(
     cv = over_folds(per_fold)
     return {
         "name": cfg.name,
-        "description": describe(cfg.name, folds, cv, len(per_fold)),
+        "description": describe(folds, cv, len(per_fold)),
         "folds": folds,
         "select": cfg.select,
         "metric": cfg.metric,

@@ -2,8 +2,8 @@
 the model card), push its data to the DVC remote, and tag it as a new GTO version in a stage.
 
 Nothing here runs as part of the pipeline: ``unet release EXP`` (``make release EXP=...``) is explicit. The
-user's branch, workspace and history are left as they are; the release lives on ``release/<exp>``, and the
-GTO tags point at that commit, so ``gto show`` lists the version and ``dvc artifacts get`` resolves it.
+user's branch, workspace and history are left as they are; the release lives on ``release/<exp>-<sha7>``,
+and the GTO tags point at that commit, so ``gto show`` lists the version and ``dvc artifacts get`` resolves it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class ReleaseError(RuntimeError):
 
 
 def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd``; with ``check``, a failure is a :class:`ReleaseError` with its last line."""
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if check and r.returncode != 0:
         last = (r.stderr or r.stdout).strip().splitlines()
@@ -41,6 +42,7 @@ def experiment_commit(repo: Path, name: str) -> str:
 
 
 def check_identity(repo: Path) -> None:
+    """GTO's tags are annotated: refuse before anything is written when git has no identity."""
     if _run(["git", "var", "GIT_COMMITTER_IDENT"], repo, check=False).returncode != 0:
         raise ReleaseError(
             "git has no identity for the release tags: set git config user.email and git config user.name"
@@ -64,10 +66,12 @@ def check_clean(repo: Path) -> None:
 
 
 def _same(repo: Path, sha: str, path: str) -> bool:
+    """Whether the workspace's ``path`` equals its version at ``sha``."""
     return _run(["git", "diff", "--quiet", sha, "--", path], repo, check=False).returncode == 0
 
 
 def check_remote(repo: Path) -> str:
+    """The default DVC remote's name; refuse when there is none."""
     remote = _run(["dvc", "remote", "default"], repo, check=False).stdout.strip()
     if not remote:
         raise ReleaseError("no default DVC remote to push the model to: dvc remote add -d NAME URL")
@@ -115,52 +119,65 @@ def locked_hashes(repo: Path, rev: str) -> list[str]:
 
 
 def gto(repo: Path, *args: str) -> str:
+    """Run ``gto ARGS`` in ``repo``; its output."""
     return _run(["gto", *args], repo).stdout
 
 
 def release(repo: str | Path, experiment: str, name: str, stage: str, card_path: str) -> dict[str, Any]:
     """Release ``experiment`` as a new GTO version of artifact ``name``, assigned to ``stage``.
 
+    Everything is checked before anything is written; a branch made here is removed again if a later step
+    fails, so a refused release leaves no branch and no tag.
+
     Raises:
-        ReleaseError: no git identity, a dirty workspace, an unknown experiment, no DVC remote, or data that
-            did not reach the remote (nothing is tagged then).
+        ReleaseError: no git identity, a dirty workspace, an unknown experiment, an experiment without a card
+            or without artifact ``name`` in its ``dvc.yaml``, no DVC remote, or data that did not reach the
+            remote.
     """
     repo = Path(repo)
     check_identity(repo)
     sha = experiment_commit(repo, experiment)
     check_clean(repo)
     remote = check_remote(repo)
-    branch = f"release/{experiment}"
-    existing = _run(["git", "rev-parse", "--verify", "-q", branch], repo, check=False).stdout.strip()
-    if existing and existing != sha:
-        raise ReleaseError(f"branch {branch} exists and is not experiment {experiment}: delete or rename it first")
-    if not existing:
-        _run(["dvc", "exp", "branch", experiment, branch], repo)
+    card = read_card(repo, sha, card_path, name)
+    branch = f"release/{experiment}-{sha[:7]}"  # one branch per experiment commit: a rerun is a new release
+    made = not _run(["git", "rev-parse", "--verify", "-q", branch], repo, check=False).stdout.strip()
+    if made:
+        _run(["git", "branch", branch, sha], repo)  # what `dvc exp branch` does, under a name of our choosing
     try:
-        pushed = push_data(repo, branch, remote)
+        push_data(repo, sha, remote)
+        return _tag(repo, name, stage, branch, card, experiment)
     except ReleaseError:
-        if not existing:
+        if made:
             _run(["git", "branch", "-D", branch], repo, check=False)
         raise
-    card = json.loads(_run(["git", "show", f"{sha}:{card_path}"], repo).stdout)
-    message = f"{card['description']} (model.keras sha256 {card['sha256']}; experiment {experiment})"
+
+
+def read_card(repo: Path, sha: str, card_path: str, name: str) -> dict[str, Any]:
+    """The experiment's model card; also check that its ``dvc.yaml`` declares artifact ``name``."""
+    shown = _run(["git", "show", f"{sha}:{card_path}"], repo, check=False)
+    if shown.returncode != 0:
+        raise ReleaseError(f"experiment commit {sha[:7]} has no {card_path}: run the register stage first")
+    from ruamel.yaml import YAML
+
+    dvc_yaml = YAML(typ="safe", pure=True).load(_run(["git", "show", f"{sha}:dvc.yaml"], repo).stdout)
+    if name not in (dvc_yaml.get("artifacts") or {}):
+        raise ReleaseError(f"register.name {name!r} is not an artifact in dvc.yaml (artifacts: section)")
+    return dict(json.loads(shown.stdout))
+
+
+def _tag(repo: Path, name: str, stage: str, branch: str, card: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """GTO version (annotated with the card's description and the model's sha256) and stage of ``branch``."""
     listed = _run(["gto", "show", name, "--json"], repo, check=False)  # fails while the artifact has no version
     shown = json.loads(listed.stdout) if listed.returncode == 0 and listed.stdout.strip() else []
     for v in shown if isinstance(shown, list) else []:
         if card["sha256"] in (v.get("message") or ""):
             log.info("%s %s already holds this model", name, v["version"])
             _run(["gto", "assign", name, "--version", v["version"], "--stage", stage], repo, check=False)
-            return {"version": v["version"], "stage": stage, "branch": branch, "pushed": pushed}
-    gto(repo, "register", name, branch, "--message", message)
+            return {"version": v["version"], "stage": stage, "branch": branch}
+    message = f"{card['description']} (model.keras sha256 {card['sha256']}; experiment {experiment})"
+    _run(["gto", "register", name, branch, "--message", message], repo)
     version = json.loads(gto(repo, "show", name, "--json"))[0]["version"]
     gto(repo, "assign", name, "--version", version, "--stage", stage)
-    log.info(
-        "released %s %s (stage %s) from experiment %s on %s (%d files pushed)",
-        name,
-        version,
-        stage,
-        experiment,
-        branch,
-        pushed,
-    )
-    return {"version": version, "stage": stage, "branch": branch, "pushed": pushed}
+    log.info("released %s %s (stage %s) from experiment %s on %s", name, version, stage, experiment, branch)
+    return {"version": version, "stage": stage, "branch": branch}

@@ -147,23 +147,24 @@ def make_trainer(cfg: Config) -> Trainer:
     return trainer
 
 
-def resume_fingerprint(cfg: Config) -> str:
-    """What a checkpoint must share to be resumed: every train param and every runtime param that shapes
-    the optimizer's variables or the numerics (precision, XLA, TF32, device count), not ``parallel``."""
+def resume_fingerprint(cfg: Config, data_key: str = "") -> str:
+    """What a checkpoint must share to be resumed: the training data (``data_key``, e.g. a hash of the fold's
+    slices), every train param and every runtime param that shapes the optimizer's variables or the
+    numerics (precision, XLA, TF32, device count), not ``parallel``."""
     runtime = {k: v for k, v in to_dict(cfg.runtime).items() if k != "parallel"}
-    return fingerprint({"train": to_dict(cfg.train), "runtime": runtime})
+    return fingerprint({"train": to_dict(cfg.train), "runtime": runtime, "data": data_key})
 
 
 class _Monitor(keras.callbacks.Callback):
     """Counts optimizer steps; every ``steps_per_epoch`` steps (and at the last): stop on a non-finite
     loss, log, and checkpoint (rank 0)."""
 
-    def __init__(self, cfg: Config, checkpoints: Path, start: int, live: Any):
+    def __init__(self, cfg: Config, checkpoints: Path, start: int, live: Any, key: str):
         super().__init__()
         self.cfg, self.checkpoints, self.live = cfg, checkpoints, live
         self.step, self.t0, self.t0_step = start, time.perf_counter(), start
         self.failed: str | None = None
-        self.meta = {"fingerprint": resume_fingerprint(cfg), "config": to_dict(cfg)}
+        self.meta = {"fingerprint": key, "config": to_dict(cfg)}
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.step += 1
@@ -188,14 +189,14 @@ class _Monitor(keras.callbacks.Callback):
             checkpoint.save(self.checkpoints, self.step, self.model, self.meta, t.keep_checkpoints)
 
 
-def _resume(cfg: Config, checkpoints: Path) -> tuple[Trainer, int]:
-    """A trainer restored from the newest checkpoint written with the same params, and its step; a fresh
-    trainer and step 0 when there is none (or it does not fit: resume state never crashes a run)."""
+def _resume(cfg: Config, checkpoints: Path, key: str) -> tuple[Trainer, int]:
+    """A trainer restored from the newest checkpoint written with the same fingerprint ``key``, and its step; a
+    fresh trainer and step 0 when there is none (or it does not fit: resume state never crashes a run)."""
     trainer = make_trainer(cfg)
-    found = checkpoint.latest(checkpoints, resume_fingerprint(cfg))
+    found = checkpoint.latest(checkpoints, key)
     if not found:
         if any(checkpoints.glob("step-*")):
-            log.info("%s: no checkpoint written with these train/runtime params: starting afresh", checkpoints)
+            log.info("%s: no checkpoint of these data and train/runtime params: starting afresh", checkpoints)
         return trainer, 0
     try:
         checkpoint.restore(found[0], trainer)
@@ -212,11 +213,13 @@ def train(
     workdir: str | Path,
     callbacks: list[Any] | None = None,
     checkpoints: str | Path | None = None,
+    data_key: str = "",
 ) -> dict[str, float]:
     """Train ``cfg.train`` on ``data`` for exactly ``max_steps`` optimizer steps; write metrics and
     ``model.keras`` under ``workdir`` and checkpoints under ``checkpoints`` (default ``workdir/checkpoints``).
 
-    Resumes from the newest checkpoint written with the same train and runtime params.
+    Resumes from the newest checkpoint written with the same ``data_key`` (identifying the training data) and
+    the same train and runtime params.
 
     Raises:
         RuntimeError: the loss became NaN/Inf (the last good checkpoint is kept).
@@ -225,12 +228,13 @@ def train(
 
     t, workdir = cfg.train, Path(workdir)
     ckpt_dir = Path(checkpoints) if checkpoints is not None else workdir / "checkpoints"
-    trainer, start = _resume(cfg, ckpt_dir)
+    key = resume_fingerprint(cfg, data_key)
+    trainer, start = _resume(cfg, ckpt_dir, key)
     distributed.broadcast_state(trainer)
     out = output_size(t.model.tile, t.model.depth) or 0
     chief = distributed.is_chief()
     live = Live(str(workdir), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) if chief else None
-    monitor = _Monitor(cfg, ckpt_dir, start, live)
+    monitor = _Monitor(cfg, ckpt_dir, start, live, key)
     # whole epochs of steps_per_epoch, then one short epoch for the remainder: exactly max_steps steps
     spe, full = t.steps_per_epoch, (t.max_steps - start) // t.steps_per_epoch
     for epochs, steps in ((full, spe), (1 if (t.max_steps - start) % spe else 0, (t.max_steps - start) % spe)):

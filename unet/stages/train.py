@@ -1,4 +1,4 @@
-"""train stage: train one fold (``--fold k``, a DVC matrix item) into ``models/fold<k>/``.
+"""train stage: train one fold (``--fold k``, a DVC matrix item) into ``models/folds/fold<k>/``.
 
 Writes ``model.keras``, ``config.json`` (the resolved params), DVCLive's ``metrics.json`` and ``plots/``
 under ``--out``, and resume state under ``--checkpoints``. A rerun after a kill resumes from the newest
@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from unet import distributed
 from unet.config import Config, to_dict
-from unet.io import read_stack, write_json
+from unet.io import pixel_sha256, read_stack, write_json
 from unet.stages import _cli
 from unet.training import make_data, train
 
@@ -54,7 +56,9 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
         )
         workdir.mkdir(parents=True, exist_ok=True)
         write_json(workdir / "config.json", {"fold": args.fold, **to_dict(cfg)})
-    metrics = train(cfg, data, workdir, checkpoints=args.checkpoints)
+    # a checkpoint resumes only the same fold of the same data: another split (or other slices) starts afresh
+    data_key = pixel_sha256(np.concatenate([images.ravel(), labels.ravel(), np.asarray(idx, np.int64).view(np.uint8)]))
+    metrics = train(cfg, data, workdir, checkpoints=args.checkpoints, data_key=data_key)
     if chief:
         log.info("fold %d done: %s", args.fold, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
@@ -65,7 +69,8 @@ if __name__ == "__main__":
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--folds", default="data/folds.json")
     p.add_argument("--out", help="output directory (default: models/folds/fold<k>)")
-    p.add_argument("--checkpoints", help="resume state directory (default: <out>/checkpoints)")
+    p.add_argument("--checkpoints", help="resume state directory (default: checkpoints/fold<k>)")
     a = p.parse_args()
     a.out = a.out or f"models/folds/fold{a.fold}"
+    a.checkpoints = a.checkpoints or f"checkpoints/fold{a.fold}"
     _cli.run("train", main, a)
