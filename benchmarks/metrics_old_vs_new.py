@@ -71,7 +71,7 @@ def main() -> None:
         print(json.dumps(row), file=sys.stderr, flush=True)
     mean = {"fold": "mean", **{c: float(np.mean([r[c] for r in rows])) for c in rows[0] if c != "fold"}}
     columns = list(rows[0])
-    meta = {"models": str(args.models), "old": f"unet/metrics.py at {args.old_rev}", "new": "challenge protocol"}
+    meta = {"models": args.models.name, "old": f"unet/metrics.py at {args.old_rev}", "new": "challenge protocol"}
     write(args.name, [*rows, mean], columns, meta)
 
 
