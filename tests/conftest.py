@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def project_params() -> str:
     """The project's params.yaml: the workspace copy, unless it is a DVC experiment's (``make run`` runs the
     cpu preset as a workspace experiment, which sets its params there), then the committed one."""
+    from unet.presets import committed_params
 
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-
-    workspace = (ROOT / "params.yaml").read_text()
-    exps = git("for-each-ref", "refs/exps", "--format=%(objectname)").stdout.split()
-    if any(git("show", f"{sha}:params.yaml").stdout == workspace for sha in exps):
-        return git("show", "HEAD:params.yaml").stdout
-    return workspace
+    return committed_params(ROOT) or (ROOT / "params.yaml").read_text()
 
 
 def isbi_dir() -> Path:

@@ -122,22 +122,33 @@ def resolve(name: str) -> str:
     return name
 
 
-def from_baseline(cwd: str | Path = ".") -> None:
-    """Make presets apply to the committed params: ``dvc exp run -S`` edits the workspace's params.yaml, so
-    after an experiment it holds that experiment's values, which a later preset (``gpu`` is empty) would
-    otherwise inherit. Edits of your own (params.yaml matching no experiment) are kept."""
+def _git(cwd: str | Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
 
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
 
-    path = Path(cwd) / "params.yaml"
-    workspace = path.read_text()
-    head = git("show", "HEAD:params.yaml")
+def experiment_commits(cwd: str | Path = ".") -> list[str]:
+    """The commits of every DVC experiment in the repository (``refs/exps``)."""
+    return _git(cwd, "for-each-ref", "refs/exps", "--format=%(objectname)").stdout.split()
+
+
+def committed_params(cwd: str | Path = ".") -> str | None:
+    """The committed params.yaml when the workspace's copy holds an experiment's values (what ``dvc exp run
+    -S`` leaves there), else ``None``: the workspace copy is the committed one, or edits of your own."""
+    workspace = (Path(cwd) / "params.yaml").read_text()
+    head = _git(cwd, "show", "HEAD:params.yaml")
     if head.returncode != 0 or head.stdout == workspace:
-        return
-    exps = git("for-each-ref", "refs/exps", "--format=%(objectname)").stdout.split()
-    if any(git("show", f"{sha}:params.yaml").stdout == workspace for sha in exps):
-        path.write_text(head.stdout)
+        return None
+    if any(_git(cwd, "show", f"{sha}:params.yaml").stdout == workspace for sha in experiment_commits(cwd)):
+        return head.stdout
+    return None
+
+
+def from_baseline(cwd: str | Path = ".") -> None:
+    """Make presets apply to the committed params: after an experiment the workspace's params.yaml holds its
+    values, which a later preset (``gpu`` is empty) would otherwise inherit. Edits of your own are kept."""
+    committed = committed_params(cwd)
+    if committed is not None:
+        (Path(cwd) / "params.yaml").write_text(committed)
         print(
             "presets: params.yaml held an earlier experiment's values: starting from the committed ones",
             file=sys.stderr,

@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from unet.presets import experiment_commits
+
 log = logging.getLogger(__name__)
 
 
@@ -56,18 +58,17 @@ def check_clean(repo: Path) -> None:
     changed = [line[3:] for line in status]
     if not changed:
         return
-    exps = _run(["git", "for-each-ref", "refs/exps", "--format=%(objectname)"], repo).stdout.split()
-    for sha in exps:
-        if _run(["git", "diff", "--quiet", sha, "--", *changed], repo, check=False).returncode == 0:
-            return
-    mine = [f for f in changed if not any(_same(repo, sha, f) for sha in exps)] or changed
+    exps = experiment_commits(repo)
+    if any(_same(repo, sha, changed) for sha in exps):
+        return
+    mine = [f for f in changed if not any(_same(repo, sha, [f]) for sha in exps)] or changed
     shown = ", ".join(mine[:5]) + (", ..." if len(mine) > 5 else "")
     raise ReleaseError(f"the workspace has uncommitted changes ({shown}): commit or stash them first")
 
 
-def _same(repo: Path, sha: str, path: str) -> bool:
-    """Whether the workspace's ``path`` equals its version at ``sha``."""
-    return _run(["git", "diff", "--quiet", sha, "--", path], repo, check=False).returncode == 0
+def _same(repo: Path, sha: str, paths: list[str]) -> bool:
+    """Whether the workspace's ``paths`` equal their versions at ``sha``."""
+    return _run(["git", "diff", "--quiet", sha, "--", *paths], repo, check=False).returncode == 0
 
 
 def check_remote(repo: Path) -> str:
