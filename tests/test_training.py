@@ -74,7 +74,8 @@ def test_changed_params_or_data_do_not_resume(tiny_cfg, data, tmp_path):
     assert train(other, data, tmp_path)["step"] == 10  # trained afresh, not "already done"
     meta = tmp_path / "checkpoints" / "step-00000010" / "meta.json"
     before = json.loads(meta.read_text())["fingerprint"]
-    train(other, data, tmp_path, data_key="another split")  # same params, other fold's data: afresh again
+    fold = dataclasses.replace(data, images=data.images[1:], labels=data.labels[1:])
+    train(other, fold, tmp_path)  # same params, another fold's slices: afresh again
     assert json.loads(meta.read_text())["fingerprint"] != before  # step 10 was trained again, not resumed
 
 

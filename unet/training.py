@@ -24,7 +24,7 @@ from unet import checkpoint, distributed
 from unet.augment import augment, draw_params
 from unet.config import Config, LossConfig, TrainConfig, fingerprint, to_dict
 from unet.geometry import output_size
-from unet.io import atomic_path, to_binary, to_unit
+from unet.io import atomic_path, pixel_sha256, to_binary, to_unit
 from unet.losses import SegmentationLoss, SoftDice, border_weights
 from unet.model import build_unet
 
@@ -147,12 +147,13 @@ def make_trainer(cfg: Config) -> Trainer:
     return trainer
 
 
-def resume_fingerprint(cfg: Config, data_key: str = "") -> str:
-    """What a checkpoint must share to be resumed: the training data (``data_key``, e.g. a hash of the fold's
-    slices), every train param and every runtime param that shapes the optimizer's variables or the
+def resume_fingerprint(cfg: Config, data: SliceData) -> str:
+    """What a checkpoint must share to be resumed: the training slices themselves (another fold or split is
+    other data), every train param and every runtime param that shapes the optimizer's variables or the
     numerics (precision, XLA, TF32, device count), not ``parallel``."""
     runtime = {k: v for k, v in to_dict(cfg.runtime).items() if k != "parallel"}
-    return fingerprint({"train": to_dict(cfg.train), "runtime": runtime, "data": data_key})
+    slices = [pixel_sha256(data.images), pixel_sha256(data.labels)]
+    return fingerprint({"train": to_dict(cfg.train), "runtime": runtime, "data": slices})
 
 
 class _Monitor(keras.callbacks.Callback):
@@ -213,13 +214,12 @@ def train(
     workdir: str | Path,
     callbacks: list[Any] | None = None,
     checkpoints: str | Path | None = None,
-    data_key: str = "",
 ) -> dict[str, float]:
     """Train ``cfg.train`` on ``data`` for exactly ``max_steps`` optimizer steps; write metrics and
     ``model.keras`` under ``workdir`` and checkpoints under ``checkpoints`` (default ``workdir/checkpoints``).
 
-    Resumes from the newest checkpoint written with the same ``data_key`` (identifying the training data) and
-    the same train and runtime params.
+    Resumes from the newest checkpoint written for the same training slices with the same train and runtime
+    params.
 
     Raises:
         RuntimeError: the loss became NaN/Inf (the last good checkpoint is kept).
@@ -228,7 +228,7 @@ def train(
 
     t, workdir = cfg.train, Path(workdir)
     ckpt_dir = Path(checkpoints) if checkpoints is not None else workdir / "checkpoints"
-    key = resume_fingerprint(cfg, data_key)
+    key = resume_fingerprint(cfg, data)
     trainer, start = _resume(cfg, ckpt_dir, key)
     distributed.broadcast_state(trainer)
     out = output_size(t.model.tile, t.model.depth) or 0

@@ -2,7 +2,7 @@
 
 Writes ``model.keras``, ``config.json`` (the resolved params), DVCLive's ``metrics.json`` and ``plots/``
 under ``--out``, and resume state under ``--checkpoints``. A rerun after a kill resumes from the newest
-checkpoint written with the same train and runtime params.
+checkpoint written for the same slices with the same train and runtime params.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from unet import distributed
 from unet.config import Config, to_dict
-from unet.io import pixel_sha256, read_stack, write_json
+from unet.io import read_stack, write_json
 from unet.stages import _cli
 from unet.training import make_data, train
 
@@ -56,9 +54,7 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
         )
         workdir.mkdir(parents=True, exist_ok=True)
         write_json(workdir / "config.json", {"fold": args.fold, **to_dict(cfg)})
-    # a checkpoint resumes only the same fold of the same data: another split (or other slices) starts afresh
-    data_key = pixel_sha256(np.concatenate([images.ravel(), labels.ravel(), np.asarray(idx, np.int64).view(np.uint8)]))
-    metrics = train(cfg, data, workdir, checkpoints=args.checkpoints, data_key=data_key)
+    metrics = train(cfg, data, workdir, checkpoints=args.checkpoints)
     if chief:
         log.info("fold %d done: %s", args.fold, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
