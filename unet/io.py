@@ -1,6 +1,9 @@
-"""Stack I/O: decode multi-page TIFFs with tifffile, check their structure, and write outputs atomically.
+"""Stack I/O: decode grey stacks, check their structure, and write outputs atomically.
 
-Every problem with an input file is a :class:`DataError` whose message is one line naming the file.
+A stack is a multi-page TIFF or a directory of single-slice PNG/TIFF files in natural sort order
+(``slice_2.png`` before ``slice_10.png``). :func:`read_stack` decodes one whole; :func:`iter_slices` yields
+it a slice at a time, so memory does not grow with the stack. Every problem with an input file is a
+:class:`DataError` whose message is one line naming the file.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +31,135 @@ class DataError(ValueError):
     """An input file that cannot be used; the message names the file and the problem."""
 
 
-def read_stack(path: str | Path, *, name: str | None = None) -> np.ndarray:
-    """Decode a grey-value TIFF stack to an ``(N, H, W)`` array (a single page gives ``N = 1``).
+SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders digit runs by value: ``s2`` < ``s10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def slice_files(path: str | Path, *, name: str | None = None) -> list[Path]:
+    """The single-slice images (PNG/TIFF, hidden files skipped) of a directory, in natural sort order."""
+    path = Path(path)
+    label = name or str(path)
+    files = [
+        p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLICE_SUFFIXES
+    ]
+    if not files:
+        raise DataError(f"{label}: directory holds no slice images ({', '.join(SLICE_SUFFIXES)})")
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """Shape and dtype of a stack, read from the headers without decoding pixels."""
+
+    slices: int
+    height: int
+    width: int
+    dtype: np.dtype
+
+
+def stack_info(path: str | Path, *, name: str | None = None) -> StackInfo:
+    """Slice count, slice size and dtype of a stack (TIFF or slice directory) without decoding it."""
+    path = Path(path)
+    label = name or str(path)
+    if path.is_dir():
+        files = slice_files(path, name=label)
+        first = _read_file(files[0], f"{label}/{files[0].name}")
+        return StackInfo(len(files), first.shape[1], first.shape[2], first.dtype)
+    with _open_tiff(path, label) as tif:
+        series = tif.series[0]
+        shape = tuple(int(n) for n in series.shape)
+        if len(shape) == 2:
+            shape = (1, *shape)
+        if len(shape) != 3:
+            kind = "RGB/multichannel" if len(shape) == 4 and shape[-1] in (3, 4) else f"{len(shape)}-D"
+            raise DataError(f"{label}: {kind} stack of shape {shape}; expected grey pages (N, H, W)")
+        return StackInfo(shape[0], shape[1], shape[2], np.dtype(series.dtype))
+
+
+def iter_slices(path: str | Path, *, name: str | None = None) -> Iterator[np.ndarray]:
+    """Yield a stack's slices as checked ``(H, W)`` arrays, one decoded at a time.
 
     Raises:
-        DataError: empty, truncated or non-TIFF file, colour/multichannel pages, non-numeric dtype,
-            or non-finite values.
+        DataError: as :func:`read_stack`, and slices of a directory that differ in size or dtype.
     """
     path = Path(path)
     label = name or str(path)
+    info = stack_info(path, name=label)
+    if path.is_dir():
+        for f in slice_files(path, name=label):
+            arr = _read_file(f, f"{label}/{f.name}")
+            if arr.shape[1:] != (info.height, info.width) or arr.dtype != info.dtype:
+                raise DataError(
+                    f"{label}/{f.name}: slice of {arr.shape[1]}x{arr.shape[2]} {arr.dtype}; "
+                    f"the first is {info.height}x{info.width} {info.dtype}"
+                )
+            yield arr[0]
+        return
+    with _open_tiff(path, label) as tif:
+        for i in range(info.slices):
+            try:
+                page = tif.asarray(key=i, series=0) if info.slices > 1 else tif.asarray(series=0)
+            except (ValueError, OSError, IndexError, KeyError) as exc:
+                raise DataError(f"{label}: unreadable or truncated TIFF at slice {i} ({_first_line(exc)})") from exc
+            yield check_stack(page, f"{label} slice {i}")[0]
+
+
+def read_stack(path: str | Path, *, name: str | None = None) -> np.ndarray:
+    """Decode a grey-value stack (multi-page TIFF or slice directory) to ``(N, H, W)`` (one page: ``N = 1``).
+
+    Raises:
+        DataError: missing, empty, truncated or non-TIFF/PNG file, colour/multichannel pages, non-numeric
+            dtype, non-finite values, or slices of a directory that differ in size or dtype.
+    """
+    path = Path(path)
+    label = name or str(path)
+    if path.is_dir():
+        return check_stack(np.stack(list(iter_slices(path, name=label))), label)
+    return _read_file(path, label)
+
+
+def _read_file(path: Path, label: str) -> np.ndarray:
+    """Decode one TIFF (any page count) or PNG file to a checked ``(N, H, W)`` array."""
     if not path.is_file():
         raise DataError(f"{label}: no such file")
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{label}: empty file")
-        arr = tifffile.imread(path)
+        if path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as img:
+                arr = np.asarray(img)
+        else:
+            arr = tifffile.imread(path)
     except DataError:
         raise
     except tifffile.TiffFileError as exc:
         raise DataError(f"{label}: not a TIFF file ({_first_line(exc)})") from exc
+    except (ValueError, OSError, IndexError, KeyError, SyntaxError) as exc:
+        kind = "PNG" if path.suffix.lower() == ".png" else "TIFF"
+        raise DataError(f"{label}: unreadable or truncated {kind} ({_first_line(exc)})") from exc
+    return check_stack(arr, label)
+
+
+@contextlib.contextmanager
+def _open_tiff(path: Path, label: str) -> Iterator[tifffile.TiffFile]:
+    if not path.is_file():
+        raise DataError(f"{label}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{label}: empty file")
+    try:
+        tif = tifffile.TiffFile(path)
+    except tifffile.TiffFileError as exc:
+        raise DataError(f"{label}: not a TIFF file ({_first_line(exc)})") from exc
     except (ValueError, OSError, IndexError, KeyError) as exc:
         raise DataError(f"{label}: unreadable or truncated TIFF ({_first_line(exc)})") from exc
-    return check_stack(arr, label)
+    with tif:
+        yield tif
 
 
 def check_stack(arr: np.ndarray, label: str) -> np.ndarray:
