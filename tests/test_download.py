@@ -332,3 +332,20 @@ def test_unknown_params_key_is_one_line_error(tmp_path):
     assert r.stderr.strip() == "download: error: download.mirror: unknown key (valid keys: backoff_s, " + (
         "budget_s, connect_timeout_s, images, labels, local_dir, pixel_sha256, retries, slice_mirrors, timeout_s, urls)"
     )
+
+
+def test_a_name_lookup_that_hangs_is_bounded_by_the_connect_timeout(monkeypatch, tmp_path):
+    def hang(*args, **kwargs):  # a resolver on a network that answers nothing
+        time.sleep(5)
+        raise socket.gaierror("unreachable")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    cfg = fast(urls=("http://isbi.invalid/",), connect_timeout_s=0.3, retries=2, budget_s=10.0)
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        download(cfg, tmp_path / "raw")
+    assert time.monotonic() - start < 1.5  # two attempts of 0.3 s, not two lookups of 5 s
+    assert str(err.value).endswith(
+        "http://isbi.invalid/train-volume.tif: TimeoutError: name lookup of isbi.invalid timed out after 0.3 s "
+        "(2 attempts)"
+    )

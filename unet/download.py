@@ -49,8 +49,8 @@ class SourceFailed(Exception):
     """One source failed for one file; the message is the reason (one line)."""
 
 
-class BudgetSpent(SourceFailed):
-    """``download.budget_s`` is spent: no further network attempt is made."""
+class NotTried(SourceFailed):
+    """The source was not asked: its host failed for an earlier file, or ``download.budget_s`` is spent."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Session:
     def timeout(self, seconds: float) -> float:
         """``seconds`` capped by the budget left; raises SourceFailed when the budget is spent."""
         if self.left <= 0:
-            raise BudgetSpent(f"not tried: download.budget_s ({self.cfg.budget_s:g} s) spent on failed attempts")
+            raise NotTried(f"not tried: download.budget_s ({self.cfg.budget_s:g} s) spent on failed attempts")
         return min(seconds, self.left)
 
 
@@ -89,7 +89,7 @@ def fetch_url(url: str, dest: Path, s: Session) -> None:
     """
     host = urlsplit(url).netloc
     if host in s.dead:
-        raise SourceFailed(f"skipped: {host} failed earlier ({s.dead[host]})")
+        raise NotTried(f"skipped: {host} failed earlier ({s.dead[host]})")
     for attempt in range(1, s.cfg.retries + 1):
         start = time.monotonic()
         try:
@@ -133,11 +133,16 @@ def _opener(s: Session) -> urllib.request.OpenerDirector:
         sock.settimeout(s.timeout(s.cfg.timeout_s))
         return sock
 
+    # http.client sets _create_connection (socket.create_connection) per instance, in __init__
     class HTTPConnection(http.client.HTTPConnection):
-        _create_connection = staticmethod(connect)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._create_connection = connect
 
     class HTTPSConnection(http.client.HTTPSConnection):
-        _create_connection = staticmethod(connect)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._create_connection = connect
 
     class HTTPHandler(urllib.request.HTTPHandler):
         def do_open(self, http_class: Any, req: urllib.request.Request, **kw: Any) -> http.client.HTTPResponse:
@@ -213,7 +218,7 @@ def from_mirror(mirror: SliceMirrorConfig, name: str, workdir: Path, s: Session)
         url = template.format(i=i)
         try:
             fetch_url(url, folder / f"{i}{PurePosixPath(urlsplit(url).path).suffix}", s)
-        except BudgetSpent:
+        except NotTried:
             raise
         except SourceFailed as exc:
             raise SourceFailed(f"slice {i}: {exc}") from None
