@@ -349,3 +349,19 @@ def test_a_name_lookup_that_hangs_is_bounded_by_the_connect_timeout(monkeypatch,
         "http://isbi.invalid/train-volume.tif: TimeoutError: name lookup of isbi.invalid timed out after 0.3 s "
         "(2 attempts)"
     )
+
+
+def test_a_bad_slice_in_a_folder_is_named(tmp_path):
+    images, labels = synthetic(4, 32)
+    local = tmp_path / "local"
+    _write_set(local, images, labels)
+    (local / "train-volume.tif").unlink()
+    _slices(images, local / "train-volume", ".png")
+    Image.fromarray(images[0, :30]).save(local / "train-volume" / "10.png")
+    with pytest.raises(DownloadError) as err:
+        download(fast(urls=(), pixel_sha256={}), tmp_path / "raw", local_dir=str(local))
+    assert str(err.value) == (
+        f"train-volume.tif: no source gave a valid copy; tried: {local}/train-volume/10.png: slice of 30x32 uint8; "
+        "the first is 32x32 uint8"
+    )
+    assert not (tmp_path / "raw").exists()

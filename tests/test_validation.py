@@ -1,3 +1,4 @@
+import argparse
 import dataclasses
 
 import numpy as np
@@ -6,6 +7,7 @@ import tifffile
 
 from unet import config
 from unet.config import ValidateConfig
+from unet.stages import validate as stage
 from unet.validation import ValidationFailed, slice_stats, spans, validate
 
 from .conftest import project_params
@@ -98,3 +100,19 @@ def test_bounds_are_checked_at_load():
     with pytest.raises(ValueError, match=r"validate.min_foreground: invalid value \(0.5, 0.2\)"):
         ValidateConfig(min_foreground=0.5, max_foreground=0.2)
     assert dataclasses.replace(ValidateConfig(), min_foreground=0.2).max_foreground == 1.0
+
+
+def test_validate_stage_fails_in_one_line_naming_the_slices_with_no_output(tmp_path):
+    images, labels = sparse_uint16(n=6, h=40, w=52)
+    images[4] = 1234  # blank
+    tifffile.imwrite(tmp_path / "train-volume.tif", images)
+    tifffile.imwrite(tmp_path / "train-labels.tif", labels)
+    report, summary = tmp_path / "report.json", tmp_path / "summary.md"
+    args = argparse.Namespace(raw=str(tmp_path), report=str(report), summary=str(summary))
+    with pytest.raises(ValidationFailed) as err:
+        stage.main(args, config.Config())  # the generic defaults
+    assert str(err.value) == (
+        f"{tmp_path / 'train-labels.tif'}: validation of 6 slices failed: "
+        "expect_column_values_to_be_between on relative_std {'min_value': 0.01} failed at slices 4"
+    )
+    assert not report.exists() and not summary.exists()

@@ -246,7 +246,7 @@ def fetch_one(name: str, local: str | None, s: Session, workdir: Path) -> Fetche
                 path = tmp
             else:
                 path = from_mirror(kind, name, workdir, s)
-            arr = read_stack(path, name=where)
+            arr = read_stack(path, name=where.rstrip("/"))
             digest = pixel_sha256(arr)
             if expected and digest != expected:
                 raise DataError(
@@ -259,7 +259,8 @@ def fetch_one(name: str, local: str | None, s: Session, workdir: Path) -> Fetche
         except SourceFailed as exc:
             failures.append(f"{where}: {exc}")
         except (DataError, OSError) as exc:
-            failures.append(f"{where}: {str(exc).removeprefix(where + ': ')}")
+            text = " ".join(str(exc).split())
+            failures.append(text if text.startswith(where.rstrip("/")) else f"{where}: {text}")
         finally:
             shutil.rmtree(workdir / f"{PurePosixPath(name).stem}.slices", ignore_errors=True)
         log.warning("%s", failures[-1])
