@@ -163,7 +163,7 @@ def test_dvc_repro_fails_on_bad_input_with_no_output(isbi, tmp_path):
     shutil.copytree(isbi, bad, ignore=shutil.ignore_patterns("*.md"))
     raw = (bad / "train-labels.tif").read_bytes()
     (bad / "train-labels.tif").write_bytes(raw[: len(raw) // 2])
-    apply(repo / "params.yaml", {"download.urls": []})
+    apply(repo / "params.yaml", {"download.urls": [], "download.slice_mirrors": []})
     r = dvc(repo, "repro", "download", ISBI_DATA_DIR=str(bad))
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if line.startswith("download: error:")]
