@@ -22,8 +22,52 @@ ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
 
 
 @dataclass(frozen=True)
+class SliceMirrorConfig:
+    """A mirror storing each stack as one file per slice: ``files`` maps a stack's name (as in
+    ``download.images``/``labels``) to the URL of its slice ``i``, a ``str.format`` template with the field
+    ``{i}`` (``.../image/{i}.png``, ``.../s{i:03d}.tif``), for ``i`` in ``0 .. slices-1``."""
+
+    slices: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.slices >= 1, "download.slice_mirrors.slices", self.slices, "must be >= 1")
+        _check(bool(self.files), "download.slice_mirrors.files", self.files, "must name at least one stack")
+        for name, url in self.files.items():
+            key = f"download.slice_mirrors.files.{name}"
+            _check(url.startswith(("http://", "https://")), key, url, "must be http(s)")
+            _check("{i" in url, key, url, "must hold the slice index field {i} (e.g. .../{i}.png)")
+
+
+_ZHIXUHAO = "https://raw.githubusercontent.com/zhixuhao/unet/b45af4d458437d8281cc218a07fd4380818ece4a/data/membrane/"
+_HANSBU = "https://raw.githubusercontent.com/hansbu/CSE527_FinalProject/99af3a01c66e81461324f223d66c6ab37c332fde/data/"
+
+
+def isbi_slice_mirrors() -> tuple[SliceMirrorConfig, ...]:
+    """ISBI 2012 as one lossless file per slice, in two repositories at pinned commits."""
+    return (
+        SliceMirrorConfig(
+            30,
+            {
+                "train-volume.tif": _ZHIXUHAO + "train/image/{i}.png",
+                "train-labels.tif": _ZHIXUHAO + "train/label/{i}.png",
+                "test-volume.tif": _ZHIXUHAO + "test/{i}.png",
+            },
+        ),
+        SliceMirrorConfig(
+            30,
+            {
+                "train-volume.tif": _HANSBU + "train/{i}.tif",
+                "train-labels.tif": _HANSBU + "label/{i}.tif",
+                "test-volume.tif": _HANSBU + "test/{i}.tif",
+            },
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class DownloadConfig:
-    """Where the TIFF stacks come from and how each is verified."""
+    """Where the stacks come from, how each is verified, and how long the network may take."""
 
     local_dir: str | None = None  # also taken from $ISBI_DATA_DIR, which wins when set
     urls: tuple[str, ...] = (
@@ -31,6 +75,7 @@ class DownloadConfig:
         "https://raw.githubusercontent.com/zhixuhao/unet/master/data/membrane/",
         "https://github.com/zhixuhao/unet/raw/master/data/membrane/",
     )
+    slice_mirrors: tuple[SliceMirrorConfig, ...] = field(default_factory=isbi_slice_mirrors)  # after urls
     images: tuple[str, ...] = ("train-volume.tif", "test-volume.tif")
     labels: str = "train-labels.tif"
     # sha256 of the decoded C-order pixel array; an empty mapping accepts any valid stack.
@@ -41,16 +86,33 @@ class DownloadConfig:
             "test-volume.tif": "1b58fa7ec1d0ff9d39a855622db3ff66a97863036339b0d04be51b2f5a99b0e9",
         }
     )
-    timeout_s: float = 60.0
-    retries: int = 3
-    backoff_s: float = 1.0
+    connect_timeout_s: float = 10.0  # name lookup + TCP connect
+    timeout_s: float = 30.0  # longest wait for the next bytes of an open transfer
+    retries: int = 3  # attempts per URL
+    backoff_s: float = 1.0  # first wait between attempts; doubles each time
+    budget_s: float = 90.0  # seconds all failed attempts and waits together may take; then the stage stops
 
     def __post_init__(self) -> None:
-        _check(self.timeout_s > 0, "download.timeout_s", self.timeout_s, "must be > 0")
+        for key in ("connect_timeout_s", "timeout_s", "budget_s"):
+            _check(getattr(self, key) > 0, f"download.{key}", getattr(self, key), "must be > 0")
         _check(self.retries >= 1, "download.retries", self.retries, "must be >= 1")
         _check(self.backoff_s >= 0, "download.backoff_s", self.backoff_s, "must be >= 0")
         for url in self.urls:
             _check(url.startswith(("http://", "https://")), "download.urls", url, "must be http(s)")
+        _check(bool(self.images), "download.images", list(self.images), "must name at least one stack")
+        for name in self.files:
+            _check(
+                name.lower().endswith((".tif", ".tiff")) and "/" not in name,
+                "download.images" if name != self.labels else "download.labels",
+                name,
+                "must be a file name ending in .tif or .tiff (data/raw holds multi-page TIFFs)",
+            )
+        _check(len(set(self.files)) == len(self.files), "download.labels", self.labels, "is also in download.images")
+        for key, names in [("download.pixel_sha256", self.pixel_sha256)] + [
+            ("download.slice_mirrors.files", m.files) for m in self.slice_mirrors
+        ]:
+            for name in names:
+                _check(name in self.files, f"{key}.{name}", name, f"not a stack of download: {', '.join(self.files)}")
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -59,20 +121,21 @@ class DownloadConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    """Thresholds of the Great Expectations suite on per-slice statistics."""
+    """Per-slice bounds of the Great Expectations suite. The defaults fit any binary segmentation (sparse or
+    empty masks pass, any grey-value scale); params.yaml sets ISBI 2012's stricter ranges."""
 
-    min_foreground: float = 0.3  # fraction of label pixels that are foreground (cell interior)
-    max_foreground: float = 0.95
-    min_std: float = 1.0  # grey-value std below this is a constant (blank) slice
+    min_foreground: float = 0.0  # fraction of a label slice that is foreground (the larger label value)
+    max_foreground: float = 1.0
+    min_relative_std: float = 0.01  # grey std / the stack's 1st-99th percentile range; below = blank slice
 
     def __post_init__(self) -> None:
         _check(
-            0 <= self.min_foreground < self.max_foreground <= 1,
+            0 <= self.min_foreground <= self.max_foreground <= 1,
             "validate.min_foreground",
             (self.min_foreground, self.max_foreground),
-            "need 0 <= min_foreground < max_foreground <= 1",
+            "need 0 <= min_foreground <= max_foreground <= 1",
         )
-        _check(self.min_std >= 0, "validate.min_std", self.min_std, "must be >= 0")
+        _check(self.min_relative_std >= 0, "validate.min_relative_std", self.min_relative_std, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -82,6 +145,7 @@ class SplitConfig:
 
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     seed: int = 42
+    min_slices_per_fold: int = 2  # validation slices each fold needs at least: k folds need k x this
 
     def __post_init__(self) -> None:
         _check(len(self.folds) >= 2, "split.folds", list(self.folds), "need at least 2 folds")
@@ -91,6 +155,7 @@ class SplitConfig:
             list(self.folds),
             f"must be [0, 1, ..., k-1], e.g. {list(range(len(self.folds)))}",
         )
+        _check(self.min_slices_per_fold >= 1, "split.min_slices_per_fold", self.min_slices_per_fold, "must be >= 1")
 
     @property
     def k(self) -> int:

@@ -7,16 +7,23 @@ from typing import Any
 import numpy as np
 
 
-def kfold(n: int, k: int, seed: int) -> dict[str, Any]:
+def kfold(n: int, k: int, seed: int, min_slices: int = 1, what: str = "the stack") -> dict[str, Any]:
     """Partition ``range(n)`` into ``k`` validation folds whose sizes differ by at most one.
 
     Returns ``{"seed", "k", "folds": [{"train": [...], "val": [...]}, ...]}`` with sorted indices.
 
     Raises:
-        ValueError: ``k < 2`` or ``k > n``.
+        ValueError: ``k < 2``, or fewer than ``k * min_slices`` slices (some fold would validate on fewer
+            than ``min_slices``); the message names ``what`` holds the slices.
     """
-    if not 2 <= k <= n:
-        raise ValueError(f"split.k: invalid value {k}: must be in [2, {n}] for {n} slices")
+    if k < 2:
+        raise ValueError(f"split.folds: invalid value {k} folds: need at least 2")
+    if n < k * min_slices:
+        raise ValueError(
+            f"split.folds: {k} folds of at least {min_slices} validation slice{'s' * (min_slices > 1)} "
+            f"(split.min_slices_per_fold) need {k * min_slices} labelled slices; {what} has {n}: "
+            f"use fewer folds (at most {max(n // min_slices, 1)}) or add slices"
+        )
     order = np.random.default_rng(seed).permutation(n)
     folds = []
     for val in np.array_split(order, k):

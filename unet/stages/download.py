@@ -1,6 +1,7 @@
-"""download stage: fetch the TIFF stacks into ``data/raw/``, each verified by the sha256 of its pixels.
+"""download stage: fetch the stacks into ``data/raw/`` as multi-page TIFFs, each verified by its pixels' sha256.
 
-Sources, in order: ``$ISBI_DATA_DIR`` (or ``download.local_dir``), then ``download.urls``.
+Sources, in order: ``$ISBI_DATA_DIR`` (or ``download.local_dir``; each stack a TIFF or a folder of slices),
+then ``download.urls``, then ``download.slice_mirrors``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import os
 
 from unet.config import Config
-from unet.download import download
+from unet.download import DownloadError, download
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,14 @@ log = logging.getLogger(__name__)
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
     local = os.environ.get("ISBI_DATA_DIR") or cfg.download.local_dir
-    prov = download(cfg.download, args.out, local_dir=local)
+    try:
+        prov = download(cfg.download, args.out, local_dir=local)
+    except DownloadError as exc:
+        names = ", ".join(cfg.download.files)
+        raise DownloadError(
+            f"{exc}; for a local copy set ISBI_DATA_DIR (or download.local_dir) to a directory holding {names} "
+            "(each a TIFF stack or a folder of its slices)"
+        ) from None
     log.info("wrote %s: %s", args.out, ", ".join(prov))
 
 

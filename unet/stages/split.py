@@ -8,7 +8,7 @@ from pathlib import Path
 
 from unet.config import Config
 from unet.folds import check_partition, kfold
-from unet.io import read_stack, write_json
+from unet.io import stack_info, write_json
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)
@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
     labels = Path(args.raw) / cfg.download.labels
-    n = len(read_stack(labels))
-    folds = kfold(n, cfg.split.k, cfg.split.seed)
+    n = stack_info(labels).slices
+    folds = kfold(n, cfg.split.k, cfg.split.seed, cfg.split.min_slices_per_fold, what=str(labels))
     check_partition(folds, n)
     write_json(args.out, folds)
     sizes = [len(f["val"]) for f in folds["folds"]]

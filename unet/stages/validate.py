@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from unet.config import Config
-from unet.io import atomic_path, read_stack, write_json
+from unet.io import atomic_path, check_labels, read_stack, write_json
 from unet.stages import _cli
 from unet.validation import ValidationFailed, describe, slice_stats, validate
 
@@ -30,8 +30,9 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
             if not r["success"]:
                 log.error("FAILED %s", describe(r))
         raise ValidationFailed(
-            f"{raw / cfg.download.labels}: {len(images)} slices failed validation: {exc}", exc.report
+            f"{raw / cfg.download.labels}: validation of {len(images)} slices failed: {exc}", exc.report
         ) from None
+    check_labels(labels, str(raw / cfg.download.labels))  # each slice may hold one value; the stack two
     write_json(args.report, report)
     with atomic_path(args.summary) as tmp:
         tmp.write_text(summary(report))
