@@ -77,13 +77,17 @@ def train(clone: str, stage: str) -> None:
 def save_run(clone: str, stage: str, name: str) -> None:
     """The run as DVC experiment ``name``: ``dvc.lock`` and the stage's ``cache: false`` outputs in its commit."""
     include = [arg for p in uncached_outs(clone, stage) for arg in ("-I", p)]
-    _run(["dvc", "exp", "save", "--force", "-n", name, *include], clone, env=experiment_env(clone))
+    # only this stage: the parent's dvc.lock names outputs (reports, other folds) this clone never made
+    _run(["dvc", "exp", "save", "--force", "-n", name, *include, stage], clone, env=experiment_env(clone))
 
 
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
-def push_run(clone: str, name: str) -> None:
-    """The experiment's commit to the git remote, its cached outputs (the model) to the DVC remote."""
-    _run(["dvc", "exp", "push", REMOTE, name], clone)
+def push_run(clone: str, stage: str, name: str) -> None:
+    """The stage's cached outputs (the model) to the DVC remote, the experiment's commit to the git remote
+    (not its cache: the parent's dvc.lock may name outputs this clone never had)."""
+    _run(["dvc", "push", stage], clone)
+    _run(["dvc", "exp", "push", "--no-cache", REMOTE, name], clone)
+    _run(["dvc", "exp", "remove", name], clone)  # kept on the git remote until the parent has it
 
 
 @task
@@ -111,7 +115,7 @@ def fold(fold: int, rev: str, params: str, lock: str, name: str, parent: str = "
         pull_inputs(clone, stage)
         train(clone, stage)
         save_run(clone, stage, name)
-        push_run(clone, name)
+        push_run(clone, stage, name)
         return report(clone, stage, name)
 
 
@@ -142,7 +146,7 @@ def train_remotely(stage: str, parameters: dict[str, Any]) -> None:
 def adopt_run(repo: str, stage: str, name: str) -> None:
     """The worker's run of ``stage`` into this workspace (see ``unet.workers.adopt``), then its experiment
     refs removed here and on the git remote: it lives on in this run's ``dvc.lock``."""
-    _run(["dvc", "exp", "pull", REMOTE, name], repo)
+    _run(["dvc", "exp", "pull", "--no-cache", REMOTE, name], repo)
     entry = adopt(repo, stage, experiment_ref(repo, name))
     get_run_logger().info("%s: dvc.lock entry from the worker, outs %s", stage, [o["path"] for o in entry["outs"]])
     _run(["dvc", "exp", "remove", name], repo)

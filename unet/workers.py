@@ -88,10 +88,9 @@ def experiment_ref(repo: str | Path, name: str) -> str:
 
 
 def adopt(repo: str | Path, stage: str, ref: str) -> dict[str, Any]:
-    """Make ``stage`` in this workspace the run recorded by the experiment commit ``ref`` (whose cached
-    outputs are already in the local DVC cache, as ``dvc exp pull`` leaves them): its ``dvc.lock`` entry, its
-    ``cache: false`` outputs from the commit, its cached ones checked out. Raises ``RuntimeError`` unless
-    ``dvc status`` then finds the stage unchanged; returns the entry."""
+    """Make ``stage`` in this workspace the run recorded by the experiment commit ``ref``: its ``dvc.lock``
+    entry, its ``cache: false`` outputs from the commit, its cached ones pulled from the DVC remote. Raises
+    ``RuntimeError`` unless ``dvc status`` then finds the stage unchanged; returns the entry."""
     from dvc.utils.serialize import modify_yaml
 
     shown = _git(repo, "show", f"{ref}:dvc.lock")
@@ -106,7 +105,7 @@ def adopt(repo: str | Path, stage: str, ref: str) -> dict[str, Any]:
     with modify_yaml(str(Path(repo) / "dvc.lock")) as lock:
         lock.setdefault("schema", "2.0")
         lock.setdefault("stages", {})[stage] = entry
-    _dvc(repo, stage, "checkout", "--force")
+    _dvc(repo, stage, "pull", "--force")  # its cached outputs, from the DVC remote
     status = changed(repo, stage)
     if status:
         raise RuntimeError(f"{stage}: the worker's run does not match this workspace: {json.dumps(status)}")
