@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -154,6 +154,7 @@ def pipeline(
     experiment: str = "prefect",
     push: bool = True,
     release: bool = False,
+    folds_on: Literal["local", "workers"] = "local",
 ) -> dict[str, Any]:
     """Pull, reproduce every stage (folds as separate tasks), save the experiment, push, release if asked."""
     gpus = gpus if gpus is not None else int(os.environ.get("UNET_GPUS", "0")) or None
@@ -163,7 +164,11 @@ def pipeline(
     for stage in ("validate", "split"):
         repro(repo, stage)
     cfg = config.load(Path(repo) / "params.yaml")
-    if cfg.runtime.parallel == "fold" and cfg.runtime.gpus >= cfg.split.k:  # one fold per GPU, at once
+    if folds_on == "workers":  # one flow run of deployment unet/fold per fold, each on a worker of its own
+        from flows.fold import train_on_workers  # (flows.fold imports this module)
+
+        train_on_workers(repo, cfg.split.folds, experiment)
+    elif cfg.runtime.parallel == "fold" and cfg.runtime.gpus >= cfg.split.k:  # one fold per GPU, at once
         futures = [repro.submit(repo, f"train@{k}", gpu=k) for k in cfg.split.folds]
         wait(futures)
         for f in futures:
@@ -194,6 +199,7 @@ def main() -> None:
     p.add_argument("--experiment", default="prefect", help="DVC experiment name for this run")
     p.add_argument("--no-push", dest="push", action="store_false")
     p.add_argument("--release", action="store_true", help="release the experiment (unet release)")
+    p.add_argument("--folds-on", choices=["local", "workers"], default="local", help="workers: deployment unet/fold")
     summary = pipeline(**vars(p.parse_args()))
     print(json.dumps({m: summary[m] for m in METRICS}, indent=2))
 

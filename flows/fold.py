@@ -1,0 +1,177 @@
+"""Folds on several workers: deployment ``unet/fold`` trains one fold (``dvc repro train@k``) in the clone of
+whichever worker of the ``gpu`` pool takes it; ``train_on_workers`` (the pipeline flow with
+``folds_on="workers"``) starts one such flow run per fold, waits for all, and brings each fold's run back into
+its own workspace, so that its ``dvc.lock`` and metrics are those of a run on one machine.
+
+The machines share the Prefect server, the git remote and the DVC remote, nothing else. The parent's commit
+(pushed to the git remote), its workspace ``params.yaml`` (the run's experiment params) and ``dvc.lock`` go to
+the worker as flow parameters; the fold's inputs (``data/raw``, ``data/folds.json``) through the DVC remote.
+The worker records its run as a DVC experiment and ``dvc exp push``es it: the ``dvc.lock`` entry and the
+``cache: false`` outputs in its git commit, the model through the DVC remote (see ``unet.workers``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.futures import wait
+from prefect.runtime import flow_run
+
+from flows.pipeline import _run
+from unet.presets import experiment_env
+from unet.workers import adopt, changed, experiment_ref, fold_inputs, shareable_head, uncached_outs
+
+DEPLOYMENT = "unet/fold"
+REMOTE = "origin"  # the git remote every clone shares
+
+
+def workspace(path: str) -> str:
+    """``host:directory`` of a repository: the parent's, or on a worker the clone that the deployment's pull
+    step entered (``$UNET_CLONE``)."""
+    return f"{socket.gethostname()}:{Path(path).resolve()}"
+
+
+# --- on a worker: deployment unet/fold -------------------------------------------------------------------
+
+
+@contextmanager
+def exclusive(clone: str) -> Iterator[None]:
+    """One fold at a time in a clone: a worker started without ``--limit 1`` queues its folds here."""
+    lock = Path(clone) / ".dvc" / "tmp" / "fold.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+@task
+def checkout(clone: str, rev: str, params: str, lock: str) -> None:
+    """The parent's commit, with its workspace's ``params.yaml`` and ``dvc.lock`` on top."""
+    _run(["git", "fetch", "--quiet", REMOTE], clone)
+    _run(["git", "checkout", "--quiet", "--force", "--detach", rev], clone)
+    (Path(clone) / "params.yaml").write_text(params)
+    (Path(clone) / "dvc.lock").write_text(lock)
+
+
+@task(retries=3, retry_delay_seconds=[5, 15, 45])
+def pull_inputs(clone: str, stage: str) -> None:
+    _run(["dvc", "pull", "--force", *fold_inputs(clone, stage)], clone)
+
+
+@task(task_run_name="{stage}")
+def train(clone: str, stage: str) -> None:
+    _run(["dvc", "repro", "--single-item", stage], clone)
+
+
+@task
+def save_run(clone: str, stage: str, name: str) -> None:
+    """The run as DVC experiment ``name``: ``dvc.lock`` and the stage's ``cache: false`` outputs in its commit."""
+    include = [arg for p in uncached_outs(clone, stage) for arg in ("-I", p)]
+    # only this stage: the parent's dvc.lock names outputs (reports, other folds) this clone never made
+    _run(["dvc", "exp", "save", "--force", "-n", name, *include, stage], clone, env=experiment_env(clone))
+
+
+@task(retries=3, retry_delay_seconds=[5, 15, 45])
+def push_run(clone: str, stage: str, name: str) -> None:
+    """The stage's cached outputs (the model) to the DVC remote, the experiment's commit to the git remote
+    (not its cache: the parent's dvc.lock may name outputs this clone never had)."""
+    _run(["dvc", "push", stage], clone)
+    _run(["dvc", "exp", "push", "--no-cache", REMOTE, name], clone)
+    _run(["dvc", "exp", "remove", name], clone)  # kept on the git remote until the parent has it
+
+
+@task
+def report(clone: str, stage: str, name: str) -> dict[str, Any]:
+    """The stage's ``dvc.lock`` entry, published as an artifact with where it ran."""
+    entry = yaml.safe_load((Path(clone) / "dvc.lock").read_text())["stages"][stage]
+    where = workspace(clone)
+    create_markdown_artifact(
+        key=f"fold-{stage.split('@')[-1]}-run",
+        markdown=f"# {stage} on {where}\n\nExperiment `{name}`:\n\n```yaml\n{yaml.safe_dump(entry)}```",
+        description=f"{stage}: where it ran and its dvc.lock entry",
+    )
+    return {"stage": stage, "experiment": name, "workspace": where, "lock": entry}
+
+
+@flow(name="unet", flow_run_name="{name}", log_prints=True)
+def fold(fold: int, rev: str, params: str, lock: str, name: str, parent: str = "") -> dict[str, Any]:
+    """Train fold ``fold`` of commit ``rev`` with the parent's ``params.yaml`` and ``dvc.lock``, in this
+    worker's clone; share the run as DVC experiment ``name``; return where it ran and its lock entry."""
+    clone, stage = str(Path.cwd()), f"train@{fold}"
+    if workspace(clone) == parent:
+        raise RuntimeError(f"{clone} is the parent run's workspace: give the worker a clone of its own")
+    with exclusive(clone):
+        checkout(clone, rev, params, lock)
+        pull_inputs(clone, stage)
+        train(clone, stage)
+        save_run(clone, stage, name)
+        push_run(clone, stage, name)
+        return report(clone, stage, name)
+
+
+# --- in the parent: the pipeline flow with folds_on="workers" --------------------------------------------
+
+
+@task(retries=3, retry_delay_seconds=[5, 15, 45])
+def push_inputs(repo: str, stage: str) -> None:
+    """The fold's inputs to the DVC remote, where the workers pull them."""
+    _run(["dvc", "push", *fold_inputs(repo, stage)], repo)
+
+
+@task(task_run_name="{stage} on a worker")
+def train_remotely(stage: str, parameters: dict[str, Any]) -> None:
+    """One flow run of ``unet/fold``, waited for; raises naming the fold and the flow run unless it completed."""
+    log = get_run_logger()
+    log.info("%s: flow run '%s' of %s, for the first free worker of its pool", stage, parameters["name"], DEPLOYMENT)
+    run = run_deployment(DEPLOYMENT, parameters=parameters, flow_run_name=parameters["name"])
+    assert isinstance(run, FlowRun)  # run_deployment is sync here, in a task
+    state = run.state
+    if state is None or not state.is_completed():
+        what = f"{state.name}: {state.message}" if state else "no state"
+        raise RuntimeError(f"{stage}: flow run '{run.name}' ({run.id}) of {DEPLOYMENT} ended {what}")
+    log.info("%s: flow run '%s' completed", stage, run.name)
+
+
+@task(task_run_name="adopt {stage}")
+def adopt_run(repo: str, stage: str, name: str) -> None:
+    """The worker's run of ``stage`` into this workspace (see ``unet.workers.adopt``), then its experiment
+    refs removed here and on the git remote: it lives on in this run's ``dvc.lock``."""
+    _run(["dvc", "exp", "pull", "--no-cache", REMOTE, name], repo)
+    entry = adopt(repo, stage, experiment_ref(repo, name))
+    get_run_logger().info("%s: dvc.lock entry from the worker, outs %s", stage, [o["path"] for o in entry["outs"]])
+    _run(["dvc", "exp", "remove", name], repo)
+    _run(["dvc", "exp", "remove", "--git-remote", REMOTE, name], repo)
+
+
+def train_on_workers(repo: str, folds: Sequence[int], experiment: str) -> None:
+    """Every changed ``train@k`` as a flow run of ``unet/fold`` at once; a failed one fails this flow, naming
+    the fold and its flow run, once all have ended. Folds whose ``dvc.lock`` entry is current are skipped,
+    as ``dvc repro`` skips them."""
+    stages = [s for s in (f"train@{k}" for k in folds) if changed(repo, s)]
+    if not stages:
+        return
+    rev = shareable_head(repo, stages[0], REMOTE)
+    push_inputs(repo, stages[0])
+    root, tag = Path(repo), (flow_run.get_id() or "local")[:8]
+    shared = {"rev": rev, "params": (root / "params.yaml").read_text(), "lock": (root / "dvc.lock").read_text()}
+    names = {s: f"{experiment}-{s.replace('@', '')}-{tag}" for s in stages}
+    futures = [
+        train_remotely.submit(s, {**shared, "fold": int(s.split("@")[1]), "name": names[s], "parent": workspace(repo)})
+        for s in stages
+    ]
+    wait(futures)
+    failed = [str(f.result(raise_on_failure=False)) for f in futures if not f.state.is_completed()]
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    for s in stages:
+        adopt_run(repo, s, names[s])
