@@ -13,10 +13,10 @@ from PIL import Image
 from tests.conftest import synthetic
 from unet.cli import main
 from unet.config import ModelConfig
-from unet.intensity import UINT8, with_intensity
-from unet.io import StackInfo
+from unet.intensity import UINT8, intensities, with_intensity
+from unet.io import DataError, StackInfo
 from unet.model import build_unet
-from unet.predict import needs_bigtiff
+from unet.predict import load_model, needs_bigtiff
 from unet.tiling import _dihedral, iter_predictions, predict_slices
 
 TINY_MODEL = ModelConfig(base_filters=8, depth=3, tile=92, dropout=0.0)  # 92 -> 52 px output tiles
@@ -164,3 +164,13 @@ def test_bad_model_or_input_is_a_one_line_error_and_leaves_no_output(setup, tmp_
 def test_bigtiff_is_chosen_from_the_stack_size_up_front():
     assert not needs_bigtiff(StackInfo(400, 2048, 2048, np.dtype("uint8")), np.dtype("uint8"))  # 1.7 GB
     assert needs_bigtiff(StackInfo(400, 2048, 2048, np.dtype("uint8")), np.dtype("float32"))  # 6.7 GB
+
+
+def test_a_model_saved_without_an_intensity_map_reads_uint8_only(setup, tmp_path, caplog):
+    _, unets, _ = setup
+    unets[0].save(tmp_path / "old.keras")  # as train saved models before maps were stored
+    with caplog.at_level(logging.WARNING, logger="unet.predict"):
+        assert intensities(load_model(tmp_path / "old.keras", np.dtype("uint8"))) == [UINT8]
+    assert "no intensity map" in caplog.text
+    with pytest.raises(DataError, match=r"old\.keras: model stores no intensity map"):
+        load_model(tmp_path / "old.keras", np.dtype("uint16"))

@@ -70,11 +70,12 @@ def iter_predictions(
     batch = np.zeros((batch_size, tile, tile, 1), np.float32)
     owners: list[tuple[_Pass, int, int]] = []  # (pass, y, x) of each tile in the batch
     pending: deque[_Slice] = deque()
-    for image in slices:
+    for raw in slices:
+        image = np.asarray(raw, np.float32)
         state = _Slice(np.zeros(image.shape, np.float32), len(transforms))
         pending.append(state)
         for k in transforms:
-            view = _dihedral(np.asarray(image, np.float32), k)
+            view = _dihedral(image, k)
             padded, corners = _pad(view, tile, out)
             h, w = view.shape
             stitched = np.empty((math.ceil(h / out) * out, math.ceil(w / out) * out), np.float32)
