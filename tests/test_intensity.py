@@ -53,8 +53,10 @@ def test_the_same_weights_behind_each_stacks_own_map_predict_the_same(stacks, tm
     unet = build_unet(from_dict(Config, TINY).train.model)
     expect = predict_slices([with_intensity(unet, UINT8)], images, batch_size=4)
     for name, stack in variants.items():
-        with_intensity(unet, make_data(stack, labels, Config().train.loss).intensity).save(tmp_path / "m.keras")
-        model = load_model(tmp_path / "m.keras", stack.dtype)  # as evaluate and predict load it
+        model = with_intensity(unet, make_data(stack, labels, Config().train.loss).intensity)
+        if name == "uint16":  # through a file, as evaluate and predict load it
+            model.save(tmp_path / "m.keras")
+            model = load_model(tmp_path / "m.keras", stack.dtype)
         assert intensities(model) == [fit_intensity(stack)]
         got = predict_slices([model], stack, batch_size=4)
         if EXACT and name != "float x1000":  # the same real number, correctly rounded: bit for bit
