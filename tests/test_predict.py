@@ -144,17 +144,25 @@ def test_tiles_are_batched_across_slices_and_slices_are_read_lazily(setup):
 
 @pytest.mark.parametrize(
     ("case", "named"),
-    [("missing-model", "nope.keras"), ("not-a-model", "junk.keras"), ("not-a-tiff", "junk.tif")],
+    [
+        ("missing-model", "nope.keras"),
+        ("not-a-model", "junk.keras"),
+        ("not-a-tiff", "junk.tif"),
+        ("mid-stream", "s2.png"),
+    ],
 )
 def test_bad_model_or_input_is_a_one_line_error_and_leaves_no_output(setup, tmp_path, capsys, case, named):
-    d, _, _ = setup
+    d, _, images = setup
     (tmp_path / "junk.keras").write_text("not a model\n")
     (tmp_path / "junk.tif").write_text("not a TIFF\n")
-    inp = tmp_path / "junk.tif" if case == "not-a-tiff" else d / "in.tif"
+    (tmp_path / "mixed").mkdir()  # the second slice fails after the first was written (4 tiles a batch)
+    Image.fromarray(images[0]).save(tmp_path / "mixed" / "s1.png")
+    Image.fromarray(images[1, :50]).save(tmp_path / "mixed" / "s2.png")
+    inp = {"not-a-tiff": tmp_path / "junk.tif", "mid-stream": tmp_path / "mixed"}.get(case, d / "in.tif")
     model = {"missing-model": tmp_path / "nope.keras", "not-a-model": tmp_path / "junk.keras"}.get(case)
     out = tmp_path / "out" / "p.tif"
     with pytest.raises(SystemExit) as exc:
-        main(["predict", str(inp), str(out), "--models", str(model or d / "m0.keras")])
+        main(["predict", str(inp), str(out), "--batch-size", "4", "--models", str(model or d / "m0.keras")])
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("unet predict: error: ") and named in err[0]
