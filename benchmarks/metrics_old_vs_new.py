@@ -19,12 +19,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import keras
 import numpy as np
 
 from benchmarks._common import write
 from unet import config, metrics
-from unet.io import read_stack, to_binary, to_unit
+from unet.io import read_stack, to_binary
+from unet.predict import load_model
 from unet.tiling import predict_slices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +56,9 @@ def main() -> None:
     folds = json.loads((ROOT / "data" / "folds.json").read_text())["folds"]
     rows = []
     for k, fold in enumerate(folds):
-        model = keras.saving.load_model(args.models / f"fold{k}" / "model.keras", compile=False)
+        model = load_model(args.models / f"fold{k}" / "model.keras", images.dtype)
         val = fold["val"]
-        prob = predict_slices([model], to_unit(images[val]), 16)
+        prob = predict_slices([model], images[val], 16)
         before = [old.slice_metrics(prob[i], labels[s], 0.5) for i, s in enumerate(val)]
         after = metrics.challenge_scores(prob, labels[val])
         fixed = metrics.fixed_scores(prob, labels[val], 0.5)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from unet.config import Config, TrainConfig
+from unet.intensity import intensities
 from unet.training import make_data, make_trainer, train
 
 from .conftest import synthetic
@@ -50,6 +51,7 @@ def test_short_run_writes_model_metrics_and_checkpoints(tiny_cfg, data, tmp_path
     assert (tmp_path / "plots" / "metrics" / "loss.tsv").read_text().count("\n") == 5  # header + 4 epochs
     model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     assert model.output_shape == (None, 52, 52, 2)
+    assert intensities(model) == [data.intensity]  # the map travels with the model (unet.intensity)
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_cfg, data, tmp_path):

@@ -1,7 +1,8 @@
 """The ``unet`` console script. ``unet release EXP`` releases a DVC experiment (see :mod:`unet.release`).
-``unet predict IN.tif OUT.tif`` turns a grey stack of any size into
+``unet predict IN OUT.tif`` turns a grey stack (multi-page TIFF or folder of slices) of any size into
 float32 foreground probabilities (1 = cell interior, the polarity of ``train-labels.tif``) or binary masks,
-by overlap-tile inference with one model or an ensemble, optionally with test-time augmentation.
+by overlap-tile inference with one model or an ensemble, optionally with test-time augmentation, streamed
+page by page (see :mod:`unet.predict`).
 """
 
 from __future__ import annotations
@@ -13,37 +14,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def predict(args: argparse.Namespace) -> None:
-    import keras
-    from tqdm import tqdm
+    import logging
 
-    from unet.export import ensemble
-    from unet.io import DataError, read_stack, to_unit, write_stack
-    from unet.tiling import predict_slices
+    from unet.predict import predict_file
 
-    images = read_stack(args.input)
-    models = []
-    for path in args.models:
-        if not Path(path).is_file():
-            raise DataError(f"{path}: no such model file")
-        try:
-            models.append(keras.saving.load_model(path, compile=False))
-        except Exception as exc:  # Keras raises many types for a file that is not a model
-            raise DataError(f"{path}: not a Keras model ({str(exc).splitlines()[0][:120]})") from exc
-        shape = models[-1].input_shape
-        if len(shape) != 4 or shape[-1] != 1 or models[-1].output_shape[-1] != 2:
-            raise DataError(f"{path}: not a 1-channel-in, 2-class-out segmentation model (input {shape})")
-    model = ensemble(models)
-    passes = len(images) * (8 if args.tta else 1)
-    with tqdm(total=passes, unit="slice", desc="predict", disable=None, file=sys.stderr) as bar:
-        prob = predict_slices([model], to_unit(images), args.batch_size, args.tta, progress=bar.update)
-    out = (prob > args.threshold).astype(np.uint8) * 255 if args.threshold is not None else prob.astype(np.float32)
-    write_stack(args.output, out)
-    kind = f"masks (threshold {args.threshold})" if args.threshold is not None else "float32 probabilities"
-    print(f"unet predict: wrote {args.output}: {out.shape[0]}x{out.shape[1]}x{out.shape[2]} {kind}", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="unet predict: %(message)s", stream=sys.stderr)
+    done = predict_file(
+        args.input,
+        args.output,
+        args.models,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        threshold=args.threshold,
+        log_every=args.log_every,
+    )
+    kind = f"uint8 masks (threshold {args.threshold})" if args.threshold is not None else "float32 probabilities"
+    print(
+        f"unet predict: wrote {args.output}: {done['slices']}x{done['height']}x{done['width']} {kind}"
+        f"{' (BigTIFF)' if done['bigtiff'] else ''} in {done['seconds']:.1f} s ({done['img_per_s']:.3g} img/s)",
+        file=sys.stderr,
+    )
 
 
 def release(args: argparse.Namespace) -> None:
@@ -67,8 +59,8 @@ def release(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="unet", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("predict", help="segment a TIFF stack")
-    pr.add_argument("input", help="grey-value TIFF stack (N, H, W) or single image")
+    pr = sub.add_parser("predict", help="segment a grey stack, page by page")
+    pr.add_argument("input", help="grey-value TIFF stack (N, H, W), single PNG/TIFF, or folder of slice images")
     pr.add_argument("output", help="output TIFF: float32 probabilities, or uint8 masks with --threshold")
     pr.add_argument(
         "--models",
@@ -78,7 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     pr.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     pr.add_argument("--threshold", type=float, help="write binary masks (0/255) at this probability")
-    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default: %(default)s)")
+    pr.add_argument(
+        "--log-every",
+        type=float,
+        default=30.0,
+        help="seconds between progress lines when stderr is not a terminal (default: %(default)s)",
+    )
     rel = sub.add_parser("release", help="release a DVC experiment: branch, dvc push, GTO version and stage tags")
     rel.add_argument("experiment", help="experiment name, as `dvc exp show` lists it")
     rel.add_argument("--stage", help="GTO stage to assign (default: the experiment's register.stage)")
@@ -87,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.command == "predict" and args.threshold is not None and not 0 < args.threshold < 1:
         p.error(f"--threshold: invalid value {args.threshold}: must be in (0, 1)")
+    if args.command == "predict" and args.batch_size < 1:
+        p.error(f"--batch-size: invalid value {args.batch_size}: must be at least 1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         (predict if args.command == "predict" else release)(args)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from unet.config import EvaluateConfig
-from unet.io import atomic_path, to_unit
+from unet.io import atomic_path
 from unet.metrics import stack_metrics
 from unet.tiling import predict_slices
 
@@ -24,16 +24,18 @@ log = logging.getLogger(__name__)
 def evaluate_fold(
     model: keras.Model, images: np.ndarray, labels: np.ndarray, slices: Sequence[int], cfg: EvaluateConfig
 ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
-    """Metrics of ``model`` on ``images[slices]``: the fold's (challenge protocol on the fold's stack, plus
-    fixed-threshold scores), one row per slice, and the probabilities."""
-    prob = predict_slices([model], to_unit(images[list(slices)]), cfg.batch_size, cfg.tta)
+    """Metrics of ``model`` (which maps raw grey values itself, :mod:`unet.intensity`) on ``images[slices]``:
+    the fold's (challenge protocol on the fold's stack, plus fixed-threshold scores), one row per slice, and
+    the probabilities."""
+    prob = predict_slices([model], (images[s] for s in slices), cfg.batch_size, cfg.tta)
     fold, rows = stack_metrics(prob, labels[list(slices)], cfg.threshold)
     return fold, [{"slice": int(s), **r} for s, r in zip(slices, rows, strict=True)], prob
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, prob: np.ndarray, threshold: float) -> np.ndarray:
     """RGB strip: image | label | prediction | errors (false interior red, missed interior blue)."""
-    grey = (to_unit(image[None])[0] * 255).astype(np.uint8)
+    lo, hi = float(image.min()), float(image.max())  # display contrast only
+    grey = ((image - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8) if image.dtype != np.uint8 else image
     pred = prob > threshold
     err = np.stack([grey // 2] * 3, -1)
     err[pred & (labels == 0)] = (255, 0, 0)

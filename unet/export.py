@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
+from unet import intensity  # noqa: F401  (registers IntensityMap, every trained model's first layer, for loading)
 from unet.io import atomic_path
 
 log = logging.getLogger(__name__)

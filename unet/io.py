@@ -198,14 +198,6 @@ def to_binary(labels: np.ndarray) -> np.ndarray:
     return (labels == labels.max()).astype(np.uint8)
 
 
-def to_unit(images: np.ndarray) -> np.ndarray:
-    """Grey values as float32 in [0, 1]: uint8 / 255, any other dtype min-max scaled over the stack."""
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 255.0
-    lo, hi = float(images.min()), float(images.max())
-    return ((images - lo) / max(hi - lo, 1e-12)).astype(np.float32)
-
-
 def roundtrip_yaml() -> Any:
     """A ruamel.yaml loader/dumper that keeps comments and this project's layout (for in-place edits)."""
     from ruamel.yaml import YAML

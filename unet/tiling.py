@@ -1,15 +1,18 @@
-"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2) over whole slices of any size.
+"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2) over whole slices of any size, streamed.
 
 A slice is mirror-padded so that the model's output tiles (388 px for the paper's net) cover it
 exactly, its input tiles carry the full context, and the stitched output has the slice's size with
 no resizing. Optional dihedral test-time augmentation and model ensembles average probabilities.
+Tiles are batched across slices (and transforms), so every batch is full but the last, and only the
+slices whose tiles are in the current batch are held in memory.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -28,49 +31,106 @@ def tile_geometry(model: keras.Model) -> tuple[int, int]:
     return int(model.input_shape[1]), int(model.output_shape[1])
 
 
-def predict_slices(
+@dataclass
+class _Slice:
+    """A slice in flight: its probability sum over models and transforms, and passes still to finish."""
+
+    acc: np.ndarray  # (H, W) float32
+    passes: int
+
+
+@dataclass
+class _Pass:
+    """One transform of one slice in flight: its stitched output (ny*out, nx*out) and tiles still to come."""
+
+    owner: _Slice
+    k: int
+    shape: tuple[int, int]  # the transformed slice's (h, w)
+    stitched: np.ndarray
+    tiles: int
+
+
+def iter_predictions(
     models: Sequence[keras.Model],
-    images: np.ndarray,
+    slices: Iterable[np.ndarray],
     batch_size: int = 8,
     tta: bool = False,
-    progress: Callable[[int], Any] | None = None,
-) -> np.ndarray:
-    """Foreground probability (N, H, W) float32 for grey slices ``images`` (N, H, W) scaled to [0, 1].
+) -> Iterator[np.ndarray]:
+    """Yield the foreground probability (H, W) float32 of each grey slice of ``slices``, in order.
 
-    Averages over ``models`` (an ensemble) and, with ``tta``, over the 8 dihedral transforms.
-    ``progress`` is called with the number of slices finished after each slice-transform pass.
+    Slices are raw grey values when the models carry their intensity map (:mod:`unet.intensity`).
+    Averages over ``models`` (an ensemble) and, with ``tta``, over the 8 dihedral transforms. Tiles of
+    consecutive slices share batches of ``batch_size``; the last batch is zero-padded to that size (one
+    compiled shape). ``slices`` is consumed lazily: memory is bounded by the slices of one batch.
     """
-    images = np.asarray(images, np.float32)
-    acc = np.zeros(images.shape, np.float64)
+    tile, out = tile_geometry(models[0])
+    if any(tile_geometry(m) != (tile, out) for m in models):
+        raise ValueError("models: ensemble members have different tile geometries")
     transforms = range(8) if tta else range(1)
-    for model in models:
+    batch = np.zeros((batch_size, tile, tile, 1), np.float32)
+    owners: list[tuple[_Pass, int, int]] = []  # (pass, y, x) of each tile in the batch
+    pending: deque[_Slice] = deque()
+    for raw in slices:
+        image = np.asarray(raw, np.float32)
+        state = _Slice(np.zeros(image.shape, np.float32), len(transforms))
+        pending.append(state)
         for k in transforms:
-            for i, image in enumerate(images):
-                view = np.ascontiguousarray(_dihedral(image, k))
-                acc[i] += _dihedral(predict_slice(model, view, batch_size), k, inverse=True)
-                if progress:
-                    progress(1)
-    return (acc / (len(models) * len(transforms))).astype(np.float32)
+            view = _dihedral(image, k)
+            padded, corners = _pad(view, tile, out)
+            h, w = view.shape
+            stitched = np.empty((math.ceil(h / out) * out, math.ceil(w / out) * out), np.float32)
+            p = _Pass(state, k, (h, w), stitched, len(corners))
+            for y, x in corners:
+                batch[len(owners), ..., 0] = padded[y : y + tile, x : x + tile]
+                owners.append((p, y, x))
+                if len(owners) == batch_size:
+                    _run(models, batch, owners, out)
+                    yield from _finished(pending, len(models) * len(transforms))
+    if owners:
+        batch[len(owners) :] = 0.0
+        _run(models, batch, owners, out)
+    yield from _finished(pending, len(models) * len(transforms))
 
 
-def predict_slice(model: keras.Model, image: np.ndarray, batch_size: int) -> np.ndarray:
-    """Foreground probability (H, W) of one slice by overlap-tile inference with one model."""
-    tile, out = tile_geometry(model)
+def _pad(image: np.ndarray, tile: int, out: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Mirror-pad ``image`` so output tiles of side ``out`` cover it; return it and the tile corners."""
     margin = (tile - out) // 2
     h, w = image.shape
     ny, nx = math.ceil(h / out), math.ceil(w / out)
     # symmetric = mirror repeating the edge pixel, as training's augmentation samples (unet.augment);
     # numpy mirrors repeatedly for pads > size
     padded = np.pad(image, ((margin, margin + ny * out - h), (margin, margin + nx * out - w)), mode="symmetric")
-    corners = [(ty * out, tx * out) for ty in range(ny) for tx in range(nx)]
-    result = np.empty((ny * out, nx * out), np.float32)
-    for start in range(0, len(corners), batch_size):
-        chunk = corners[start : start + batch_size]
-        batch = np.zeros((batch_size, tile, tile, 1), np.float32)  # always full: one compiled shape
-        for j, (y, x) in enumerate(chunk):
-            batch[j, ..., 0] = padded[y : y + tile, x : x + tile]
-        logits = np.asarray(model.predict_on_batch(batch), np.float32)[: len(chunk)]
-        prob = 1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))  # softmax, class 1
-        for (y, x), p in zip(chunk, prob, strict=True):
-            result[y : y + out, x : x + out] = p
-    return result[:h, :w]
+    return padded, [(ty * out, tx * out) for ty in range(ny) for tx in range(nx)]
+
+
+def _run(models: Sequence[keras.Model], batch: np.ndarray, owners: list[tuple[_Pass, int, int]], out: int) -> None:
+    """Predict ``batch`` with every model and stitch the summed probabilities into the tiles' passes."""
+    n = len(owners)
+    prob = np.zeros((n, out, out), np.float32)
+    for model in models:
+        logits = np.asarray(model.predict_on_batch(batch), np.float32)[:n]
+        prob += 1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))  # softmax, class 1
+    for (p, y, x), t in zip(owners, prob, strict=True):
+        p.stitched[y : y + out, x : x + out] = t
+        p.tiles -= 1
+        if p.tiles == 0:  # the pass is complete: back to the slice's orientation
+            h, w = p.shape
+            p.owner.acc += _dihedral(p.stitched[:h, :w], p.k, inverse=True)
+            p.owner.passes -= 1
+    owners.clear()
+
+
+def _finished(pending: deque[_Slice], passes: int) -> Iterator[np.ndarray]:
+    """Pop and yield the leading slices whose every pass is done (tiles run in order, so slices finish in order)."""
+    while pending and pending[0].passes == 0:
+        yield pending.popleft().acc / np.float32(passes)
+
+
+def predict_slices(
+    models: Sequence[keras.Model], images: Iterable[np.ndarray], batch_size: int = 8, tta: bool = False
+) -> np.ndarray:
+    """Foreground probability (N, H, W) float32 of grey slices ``images`` (N, H, W), held in memory.
+
+    See :func:`iter_predictions`, which this collects.
+    """
+    return np.stack(list(iter_predictions(models, images, batch_size, tta)))

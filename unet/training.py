@@ -24,7 +24,8 @@ from unet import checkpoint, distributed
 from unet.augment import augment, draw_params
 from unet.config import Config, LossConfig, TrainConfig, fingerprint, to_dict
 from unet.geometry import output_size
-from unet.io import atomic_path, pixel_sha256, to_binary, to_unit
+from unet.intensity import UINT8, Intensity, fit_intensity, with_intensity
+from unet.io import atomic_path, pixel_sha256, to_binary
 from unet.losses import SegmentationLoss, SoftDice, border_weights
 from unet.model import build_unet
 
@@ -33,20 +34,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SliceData:
-    """Whole slices held in host memory: images (N, H, W), labels (N, H, W) in {0, 1}, optional weights."""
+    """Whole slices held in host memory: images (N, H, W), labels (N, H, W) in {0, 1}, optional weights, and
+    the intensity map that took the raw images to [0, 1] (saved with the model)."""
 
     images: np.ndarray
     labels: np.ndarray
     weights: np.ndarray | None = None
+    intensity: Intensity = UINT8
 
 
 def make_data(images: np.ndarray, labels: np.ndarray, loss: LossConfig) -> SliceData:
-    """Binarise labels (larger value = foreground), scale non-uint8 images to [0, 1], add weight maps."""
-    if images.dtype != np.uint8:  # uint8 travels to the device as is; augment() scales it
-        images = to_unit(images)
+    """Binarise labels (larger value = foreground), map non-uint8 images to [0, 1] by the intensity map fitted
+    on this stack (:func:`unet.intensity.fit_intensity`), add weight maps."""
+    intensity = fit_intensity(images)
+    if images.dtype != np.uint8:  # uint8 travels to the device as is; augment() scales it by 1/255
+        images = intensity.apply(images)
     labels = to_binary(labels)
     weights = np.stack([border_weights(lab, loss.w0, loss.sigma) for lab in labels]) if loss.border_weight else None
-    return SliceData(images, labels, weights)
+    return SliceData(images, labels, weights, intensity)
 
 
 def batches(
@@ -251,8 +256,8 @@ def train(
     if monitor.failed:
         raise RuntimeError(f"{workdir}: training stopped: {monitor.failed}; last good checkpoint kept in {ckpt_dir}")
     if live is not None:
-        with atomic_path(workdir / "model.keras") as tmp:
-            trainer.unet.save(tmp)
+        with atomic_path(workdir / "model.keras") as tmp:  # takes raw grey values: the map travels with it
+            with_intensity(trainer.unet, data.intensity).save(tmp)
         live.end()
     summary = {k: float(v) for k, v in (monitor.live.summary if live else {}).items() if isinstance(v, int | float)}
     return summary

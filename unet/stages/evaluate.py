@@ -14,12 +14,11 @@ import json
 import logging
 from pathlib import Path
 
-import keras
-
 from unet.config import Config
 from unet.evaluation import evaluate_fold, fold_summary, overlay, write_png
 from unet.io import atomic_path, read_stack, to_binary, write_json
 from unet.metrics import over_folds
+from unet.predict import load_model
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
         path = models / f"fold{k}" / "model.keras"
         if not path.is_file():
             raise ValueError(f"{path}: no model for fold {k} of {len(folds)} (data/folds.json)")
-        model = keras.saving.load_model(path, compile=False)
+        model = load_model(path, images.dtype)
         metrics, fold_rows, prob = evaluate_fold(model, images, labels, fold["val"], cfg.evaluate)
         per_fold[k] = fold_summary(k, fold["val"], metrics)
         rows += [{"fold": k, **r} for r in fold_rows]

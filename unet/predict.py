@@ -1,0 +1,161 @@
+"""``unet predict``: a grey stack of any size to probability maps or masks, streamed page by page.
+
+Slices are decoded one at a time (:func:`unet.io.iter_slices`), their tiles batched across slices through
+the model or ensemble (:func:`unet.tiling.iter_predictions`), and each result appended to the output TIFF
+as soon as it is complete, so memory does not grow with the number of slices. The output appears only when
+every page is written (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import keras
+import numpy as np
+import tifffile
+
+from unet.export import ensemble
+from unet.intensity import UINT8, intensities, with_intensity
+from unet.io import DataError, StackInfo, atomic_path, iter_slices, read_stack, stack_info
+from unet.tiling import iter_predictions
+
+log = logging.getLogger(__name__)
+
+BIGTIFF_ABOVE = 2**32 - 2**25  # classic TIFF offsets are 32-bit; keep room for the page directories
+
+
+def load_model(path: str | Path, dtype: np.dtype) -> keras.Model:
+    """A 1-channel-in, 2-class-out segmentation model taking raw grey values of ``dtype``.
+
+    A model saved without an intensity map (before maps were stored) is taken as trained on uint8 ``x / 255``.
+
+    Raises:
+        DataError: no such file, not a Keras model, not a segmentation model, or a model without an
+            intensity map for a stack that is not uint8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a file that is not a model
+        raise DataError(f"{path}: not a Keras model ({str(exc).strip().splitlines()[0][:120]})") from exc
+    shape = model.input_shape
+    if len(shape) != 4 or shape[-1] != 1 or model.output_shape[-1] != 2:
+        raise DataError(f"{path}: not a 1-channel-in, 2-class-out segmentation model (input {shape})")
+    maps = intensities(model)
+    if not maps:
+        if dtype != np.uint8:
+            raise DataError(f"{path}: model stores no intensity map (saved before maps were), so it reads only uint8")
+        log.warning("%s: model stores no intensity map: taking it as trained on uint8 x/255", path)
+        return with_intensity(model, UINT8)
+    for m in maps:
+        if m.source != str(dtype):
+            log.warning("%s: trained on %s grey values, input is %s: check that %s fits", path, m.source, dtype, m)
+    return model
+
+
+def needs_bigtiff(info: StackInfo, dtype: np.dtype) -> bool:
+    """Whether ``info.slices`` pages of ``dtype`` outgrow a classic (32-bit offset) TIFF."""
+    return info.slices * info.height * info.width * np.dtype(dtype).itemsize > BIGTIFF_ABOVE
+
+
+class Progress:
+    """Slices done: a tqdm bar when ``stream`` is a terminal, else a log line (done/total, img/s, ETA)
+    every ``every`` seconds and at the end, for CI, Prefect and nohup logs."""
+
+    def __init__(self, total: int, every: float = 30.0, stream: TextIO | None = None):
+        from tqdm import tqdm
+
+        stream = stream or sys.stderr
+        self.total, self.every, self.done = total, every, 0
+        self.t0 = self.last = time.monotonic()
+        isatty = getattr(stream, "isatty", lambda: False)()
+        self.bar = tqdm(total=total, unit="slice", desc="predict", file=stream) if isatty else None
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            log.info("%d/%d slices, %.3g img/s, ETA %s", self.done, self.total, rate, _hms(eta))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def predict_file(
+    src: str | Path,
+    dest: str | Path,
+    models: Sequence[str | Path],
+    *,
+    batch_size: int = 8,
+    tta: bool = False,
+    threshold: float | None = None,
+    log_every: float = 30.0,
+) -> dict[str, Any]:
+    """Segment the stack ``src`` (multi-page TIFF, single PNG/TIFF or directory of slices) into ``dest``.
+
+    Writes float32 foreground probabilities in [0, 1], or uint8 masks (0/255) above ``threshold``, one
+    page per slice, as BigTIFF when the output outgrows 4 GB. Several ``models`` are averaged.
+
+    Returns:
+        A summary: slices, height, width, dtype, bigtiff, seconds, img_per_s.
+
+    Raises:
+        DataError: a bad input, output name or model file, before anything is written; or a slice that
+            cannot be decoded, in which case no output is left.
+    """
+    src, dest = Path(src), Path(dest)
+    if dest.suffix.lower() not in (".tif", ".tiff"):
+        raise DataError(f"{dest}: output must be a .tif/.tiff file")
+    if src.is_file() and src.suffix.lower() == ".png":
+        one = read_stack(src)
+        info, slices = StackInfo(1, one.shape[1], one.shape[2], one.dtype), iter(one)
+    else:
+        info, slices = stack_info(src), iter_slices(src)
+    model = ensemble([load_model(p, info.dtype) for p in models])
+    out_dtype = np.dtype(np.uint8 if threshold is not None else np.float32)
+    bigtiff = needs_bigtiff(info, out_dtype)
+    progress = Progress(info.slices, log_every)
+    t0 = time.monotonic()
+
+    def pages() -> Iterator[np.ndarray]:
+        for prob in iter_predictions([model], slices, batch_size, tta):
+            progress.update()
+            yield (prob > threshold).astype(np.uint8) * 255 if threshold is not None else prob
+
+    try:
+        with atomic_path(dest) as tmp:
+            shape = (info.slices, info.height, info.width) if info.slices > 1 else (info.height, info.width)
+            tifffile.imwrite(tmp, pages(), shape=shape, dtype=out_dtype, bigtiff=bigtiff, photometric="minisblack")
+    finally:
+        progress.close()
+    seconds = time.monotonic() - t0
+    return {
+        "slices": info.slices,
+        "height": info.height,
+        "width": info.width,
+        "dtype": str(out_dtype),
+        "bigtiff": bigtiff,
+        "seconds": seconds,
+        "img_per_s": info.slices / max(seconds, 1e-9),
+    }
+
+
+def _hms(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
