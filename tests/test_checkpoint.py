@@ -76,3 +76,25 @@ def test_a_shared_location_is_keyed_by_the_run():
     assert checkpoint.location("checkpoints/fold0", None, "k1") == "checkpoints/fold0"
     assert checkpoint.location("checkpoints/fold0", "s3://bucket/unet/", "k1") == "s3://bucket/unet/k1"
     assert checkpoint.location("checkpoints/fold0", "/mnt/shared", "k2") == "/mnt/shared/k2"
+
+
+@pytest.mark.core
+def test_runs_sharing_a_location_resume_only_their_own(tiny_cfg, tmp_path, caplog):
+    import dataclasses
+
+    from unet.training import make_data, resume_fingerprint, train
+
+    from .conftest import synthetic
+
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, max_steps=5, checkpoint_every=5))
+    images, labels = synthetic(6, 64)
+    fold0, fold1 = (make_data(images[s], labels[s], cfg.train.loss) for s in (slice(0, 4), slice(2, 6)))
+    shared = tmp_path / "shared"
+    train(cfg, fold0, tmp_path / "worker-a", shared_checkpoints=str(shared))
+    with caplog.at_level("INFO", logger="unet.training"):
+        train(cfg, fold1, tmp_path / "worker-a", shared_checkpoints=str(shared))  # another fold: afresh
+        assert "resuming" not in caplog.text
+        train(cfg, fold0, tmp_path / "worker-b", shared_checkpoints=str(shared))  # any worker: resumes
+    assert f"resuming from {shared / resume_fingerprint(cfg, fold0)}/step-00000005 (step 5 of 5)" in caplog.text
+    assert sorted(p.name for p in shared.iterdir()) == sorted(resume_fingerprint(cfg, f) for f in (fold0, fold1))
+    assert not (tmp_path / "worker-a" / "checkpoints").exists()  # nothing local beside the shared location

@@ -184,6 +184,17 @@ def broadcast_state(model: keras.Model, step: int) -> int:
     return step
 
 
+def check_same(key: str, what: str) -> None:
+    """Raise on every rank unless all Horovod ranks hold the same ``key`` (a fingerprint of ``what``): ranks on
+    other hosts read their own clone's files, which may differ from rank 0's."""
+    if not _HVD:
+        return
+    keys = _HVD.allgather_object(key)
+    odd = [r for r, k in enumerate(keys) if k != keys[0]]
+    if odd:
+        raise RuntimeError(f"Horovod ranks {odd} have other {what} than rank 0: `dvc pull` the same data on every host")
+
+
 def placement() -> str:
     """Where this run's processes are, for the log: ``2 processes on 2 hosts``."""
     if not _HVD:

@@ -231,6 +231,7 @@ def train(
 
     t, workdir = cfg.train, Path(workdir)
     key = resume_fingerprint(cfg, data)
+    distributed.check_same(key, "training slices or params")
     ckpt_dir = checkpoint.location(checkpoints or workdir / "checkpoints", shared_checkpoints, key)
     chief = distributed.is_chief()
     trainer, start = _resume(cfg, ckpt_dir, key) if chief else (make_trainer(cfg), 0)

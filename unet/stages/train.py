@@ -18,22 +18,28 @@ import sys
 from pathlib import Path
 
 from unet import distributed
-from unet.config import Config, to_dict
+from unet.config import Config, from_dict, to_dict
 from unet.io import read_stack, write_json
 from unet.stages import _cli
 from unet.training import make_data, train
 
 log = logging.getLogger(__name__)
+PARAMS_ENV = "UNET_PARAMS"  # the params the launching process loaded, handed to every Horovod rank
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
     relaunch = distributed.horovod_command(cfg.runtime, ["-m", "unet.stages.train", *sys.argv[1:]])
     if relaunch:  # runtime.gpus > 1 or runtime.hosts on TensorFlow: the same command on every Horovod rank
         log.info("starting %d Horovod processes: %s", cfg.runtime.gpus, " ".join(relaunch))
-        code = subprocess.run(relaunch).returncode
+        # every rank, on every host, trains these params, whatever params.yaml its host's clone holds
+        # (a `dvc exp run -S` changes only this host's): horovodrun passes the environment on
+        env = {**os.environ, PARAMS_ENV: json.dumps(to_dict(cfg))}
+        code = subprocess.run(relaunch, env=env).returncode
         if code:
             raise RuntimeError(f"horovodrun exited {code}: a rank failed (its error is above)")
         return
+    if distributed.under_horovod() and os.environ.get(PARAMS_ENV):
+        cfg = from_dict(Config, json.loads(os.environ[PARAMS_ENV]))
     distributed.configure(cfg.runtime, cfg.train.seed)
     raw, workdir = Path(args.raw), Path(args.out)
     folds = json.loads(Path(args.folds).read_text())
