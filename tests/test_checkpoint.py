@@ -92,9 +92,11 @@ def test_runs_sharing_a_location_resume_only_their_own(tiny_cfg, tmp_path, caplo
     shared = tmp_path / "shared"
     train(cfg, fold0, tmp_path / "worker-a", shared_checkpoints=str(shared))
     with caplog.at_level("INFO", logger="unet.training"):
-        train(cfg, fold1, tmp_path / "worker-a", shared_checkpoints=str(shared))  # another fold: afresh
+        train(cfg, fold1, tmp_path / "worker-a1", shared_checkpoints=str(shared))  # another fold: afresh
         assert "resuming" not in caplog.text
         train(cfg, fold0, tmp_path / "worker-b", shared_checkpoints=str(shared))  # any worker: resumes
     assert f"resuming from {shared / resume_fingerprint(cfg, fold0)}/step-00000005 (step 5 of 5)" in caplog.text
     assert sorted(p.name for p in shared.iterdir()) == sorted(resume_fingerprint(cfg, f) for f in (fold0, fold1))
     assert not (tmp_path / "worker-a" / "checkpoints").exists()  # nothing local beside the shared location
+    metrics = [json.loads((tmp_path / w / "metrics.json").read_text()) for w in ("worker-a", "worker-b")]
+    assert metrics[1]["step"] == 5 and metrics[1]["loss"] == metrics[0]["loss"]  # not lost with worker A

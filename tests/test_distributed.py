@@ -117,7 +117,9 @@ def test_train_stage_runs_one_fold_over_two_hosts(tmp_path):
     params.write_text(yaml.safe_dump(json.loads(config(gpus=2, **hosts))))
     out = tmp_path / "fold0"
     args = ["--fold", "0", "--params", str(params), "--raw", str(raw), "--folds", str(tmp_path / "folds.json")]
-    r = run([sys.executable, "-m", "unet.stages.train", *args, "--out", str(out)])
+    r = run(
+        [sys.executable, "-m", "unet.stages.train", *args, "--out", str(out), "--checkpoints", str(tmp_path / "ck")]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     launch = "horovodrun -np 2 -H localhost:1,127.0.0.1:1 --network-interfaces lo --start-timeout 120 --gloo"
     assert f"starting 2 Horovod processes: {launch}" in r.stderr

@@ -187,25 +187,27 @@ class _Monitor(keras.callbacks.Callback):
             self.live.log_metric(k, float(v))
         self.live.make_summary()
         if self.step % t.checkpoint_every == 0 or self.step >= t.max_steps:
-            checkpoint.save(self.checkpoints, self.step, self.model, self.meta, t.keep_checkpoints)
+            meta = {**self.meta, "metrics": {k: float(v) for k, v in logs.items()}}  # for a resume elsewhere
+            checkpoint.save(self.checkpoints, self.step, self.model, meta, t.keep_checkpoints)
 
 
-def _resume(cfg: Config, checkpoints: str, key: str) -> tuple[Trainer, int]:
-    """A trainer restored from the newest checkpoint written with the same fingerprint ``key``, and its step; a
-    fresh trainer and step 0 when there is none (or it does not fit: resume state never crashes a run)."""
+def _resume(cfg: Config, checkpoints: str, key: str) -> tuple[Trainer, int, dict[str, float]]:
+    """A trainer restored from the newest checkpoint written with the same fingerprint ``key``, its step and
+    the metrics logged at that step; a fresh trainer, step 0 and no metrics when there is none (or it does not
+    fit: resume state never crashes a run)."""
     trainer = make_trainer(cfg)
     found = checkpoint.latest(checkpoints, key)
     if not found:
         if checkpoint.exists(checkpoints):
             log.info("%s: no checkpoint of these data and train/runtime params: starting afresh", checkpoints)
-        return trainer, 0
+        return trainer, 0, {}
     try:
         checkpoint.restore(found[0], trainer)
     except ValueError as exc:
         log.info("%s: cannot resume (%s): starting afresh", found[0], exc)
-        return make_trainer(cfg), 0
+        return make_trainer(cfg), 0, {}
     log.info("resuming from %s (step %d of %d)", found[0], found[1]["step"], cfg.train.max_steps)
-    return trainer, int(found[1]["step"])
+    return trainer, int(found[1]["step"]), dict(found[1].get("metrics", {}))
 
 
 def train(
@@ -234,10 +236,15 @@ def train(
     distributed.check_same(key, "training slices or params")
     ckpt_dir = checkpoint.location(checkpoints or workdir / "checkpoints", shared_checkpoints, key)
     chief = distributed.is_chief()
-    trainer, start = _resume(cfg, ckpt_dir, key) if chief else (make_trainer(cfg), 0)
+    trainer, start, last = _resume(cfg, ckpt_dir, key) if chief else (make_trainer(cfg), 0, {})
     start = distributed.broadcast_state(trainer, start)
     out = output_size(t.model.tile, t.model.depth) or 0
     live = Live(str(workdir), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) if chief else None
+    if live is not None and last and "loss" not in live.summary:  # resumed where the run's history is not
+        live.step = start
+        for k, v in last.items():
+            live.log_metric(k, v)
+        live.make_summary()
     monitor = _Monitor(cfg, ckpt_dir, start, live, key)
     # whole epochs of steps_per_epoch, then one short epoch for the remainder: exactly max_steps steps
     spe, full = t.steps_per_epoch, (t.max_steps - start) // t.steps_per_epoch
