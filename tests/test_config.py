@@ -95,6 +95,14 @@ def test_every_stage_depends_on_the_code_it_runs():
         ({"split": {"k": 3}}, r"split\.k: unknown key"),
         ({"download": {"urls": ["ftp://x"]}}, r"download\.urls: invalid value 'ftp://x'"),
         ({"train": {"checkpoint_every": 150}}, r"train\.checkpoint_every: invalid value 150"),
+        ({"runtime": {"hosts": "gpu1:4"}}, r"runtime\.hosts: invalid value 'gpu1:4': expected a list"),
+        ({"runtime": {"hosts": ["gpu1"], "gpus": 1}}, r"runtime\.hosts: invalid value 'gpu1': .*'hostname:slots'"),
+        ({"runtime": {"hosts": ["gpu1:0"], "gpus": 0}}, r"runtime\.hosts: invalid value 'gpu1:0'"),
+        ({"runtime": {"hosts": ["a:2", "a:2"], "gpus": 4}}, r"runtime\.hosts: .*listed twice"),
+        ({"runtime": {"hosts": ["a:4", "b:4"]}}, r"runtime\.gpus: invalid value 1: must equal .* \(8\)"),
+        ({"runtime": {"hosts": ["a:1", "b:1"], "gpus": 2, "parallel": "fold"}}, r"runtime\.hosts: .*parallel: data"),
+        ({"runtime": {"network_interface": "eth0 eth1"}}, r"runtime\.network_interface: invalid value"),
+        ({"runtime": {"start_timeout": 0}}, r"runtime\.start_timeout: invalid value 0"),
     ],
 )
 def test_bad_params_name_the_key_and_value(data, match):
@@ -119,3 +127,11 @@ def test_unreadable_params_file_is_a_value_error(tmp_path):
     p.write_text("train: [unclosed")
     with pytest.raises(ValueError, match="cannot read params"):
         config.load(p)
+
+
+def test_hosts_and_interface_round_trip_through_params_yaml(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    apply(p, {"runtime.hosts": ["gpu1:4", "10.0.0.2:4"], "runtime.gpus": 8, "runtime.network_interface": "eth0"})
+    runtime = config.load(p).runtime
+    assert (runtime.hosts, runtime.gpus, runtime.network_interface) == (("gpu1:4", "10.0.0.2:4"), 8, "eth0")

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unet.config import Config
+
 from .conftest import ROOT, TINY
 
 WORKER = ROOT / "tests" / "hvd_worker.py"
@@ -89,11 +91,17 @@ def test_jax_data_parallel_over_two_devices_matches_one(tmp_path):
 
 @pytest.mark.slow
 @needs_horovod
-def test_train_stage_relaunches_itself_under_horovodrun(tmp_path):
+def test_train_stage_runs_one_fold_over_two_hosts(tmp_path):
+    """``runtime.hosts``: the stage relaunches itself as ``horovodrun -H``. ``localhost`` and ``127.0.0.1`` are
+    two hosts to Horovod (each rank's host name), both started without ssh since both resolve to this
+    machine's own address: cross size 2, and the weights equal one process's on the same global batch."""
+    import keras
     import tifffile
     import yaml
 
+    from unet.config import from_dict
     from unet.folds import kfold
+    from unet.training import make_data, train
 
     from .conftest import synthetic
 
@@ -102,31 +110,29 @@ def test_train_stage_relaunches_itself_under_horovodrun(tmp_path):
     raw.mkdir()
     tifffile.imwrite(raw / "train-volume.tif", images)
     tifffile.imwrite(raw / "train-labels.tif", labels)
-    (tmp_path / "folds.json").write_text(json.dumps(kfold(6, 2, 0)))
+    folds = kfold(6, 2, 0)
+    (tmp_path / "folds.json").write_text(json.dumps(folds))
+    hosts = {"hosts": ["localhost:1", "127.0.0.1:1"], "network_interface": "lo", "start_timeout": 120}
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(json.loads(config(gpus=2))))
+    params.write_text(yaml.safe_dump(json.loads(config(gpus=2, **hosts))))
     out = tmp_path / "fold0"
+    args = ["--fold", "0", "--params", str(params), "--raw", str(raw), "--folds", str(tmp_path / "folds.json")]
     r = run(
-        [
-            sys.executable,
-            "-m",
-            "unet.stages.train",
-            "--fold",
-            "0",
-            "--params",
-            str(params),
-            "--raw",
-            str(raw),
-            "--folds",
-            str(tmp_path / "folds.json"),
-            "--out",
-            str(out),
-        ]
+        [sys.executable, "-m", "unet.stages.train", *args, "--out", str(out), "--checkpoints", str(tmp_path / "ck")]
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "starting 2 Horovod processes: horovodrun -np 2 --gloo" in r.stderr
+    launch = "horovodrun -np 2 -H localhost:1,127.0.0.1:1 --network-interfaces lo --start-timeout 120 --gloo"
+    assert f"starting 2 Horovod processes: {launch}" in r.stderr
+    assert "tensorflow, 2 processes on 2 host(s)" in r.stdout + r.stderr  # hvd.size(), hvd.cross_size()
     assert (out / "model.keras").is_file() and json.loads((out / "metrics.json").read_text())["step"] == 6
     assert r.stdout.count("Epoch 2/2") == 1  # rank 0 alone prints progress
+
+    idx = folds["folds"][0]["train"]
+    cfg = from_dict(Config, json.loads(config(gpus=1)))
+    train(cfg, make_data(images[idx], labels[idx], cfg.train.loss), tmp_path / "one")
+    load = lambda d: keras.saving.load_model(d / "model.keras", compile=False).get_weights()  # noqa: E731
+    for a, b in zip(load(out), load(tmp_path / "one"), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5)  # same global batch, averaged gradients
 
 
 def test_no_relaunch_on_one_gpu_or_in_fold_parallel_mode():
@@ -135,3 +141,20 @@ def test_no_relaunch_on_one_gpu_or_in_fold_parallel_mode():
 
     assert horovod_command(RuntimeConfig(gpus=1), ["x"]) is None
     assert horovod_command(RuntimeConfig(gpus=4, parallel="fold"), ["x"]) is None
+
+
+def test_relaunch_command_on_one_host_and_on_several(monkeypatch):
+    from unet import distributed
+    from unet.config import RuntimeConfig
+
+    monkeypatch.setattr(distributed.shutil, "which", lambda name: f"/bin/{name}")  # Horovod need not be built
+    one = distributed.horovod_command(RuntimeConfig(gpus=2), ["-m", "unet.stages.train"])
+    launch = ["horovodrun", "-np", "2", "--start-timeout", "30", "--gloo"]
+    assert one == [*launch, sys.executable, "-m", "unet.stages.train"]
+    hosts = RuntimeConfig(gpus=6, hosts=("gpu1:4", "gpu2:2"), network_interface="eth0", start_timeout=120)
+    several = distributed.horovod_command(hosts, ["x"])
+    assert several is not None and " ".join(several[:10]) == (
+        "horovodrun -np 6 -H gpu1:4,gpu2:2 --network-interfaces eth0 --start-timeout 120 --gloo"
+    )
+    one_slot = distributed.horovod_command(RuntimeConfig(gpus=1, hosts=("gpu2:1",)), ["x"])
+    assert one_slot is not None and one_slot[:5] == ["horovodrun", "-np", "1", "-H", "gpu2:1"]  # run it there

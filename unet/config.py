@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -284,13 +285,17 @@ class RegisterConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How training runs (not what it learns): precision, XLA, devices, parallelism."""
+    """How training runs (not what it learns): precision, XLA, devices, parallelism, hosts."""
 
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "mixed_bfloat16"
     xla: bool = True
     tf32: bool = True
-    gpus: int = 1
+    gpus: int = 1  # Horovod processes (one per GPU) in all: on this host, or the slots of `hosts` added up
     parallel: Literal["data", "fold"] = "data"
+    # one fold over several hosts (Horovod, TensorFlow): "name:slots" each, as horovodrun -H takes them
+    hosts: tuple[str, ...] = ()
+    network_interface: str | None = None  # e.g. eth0 (horovodrun --network-interfaces); None: Horovod finds one
+    start_timeout: int = 30  # s for horovodrun to reach every host and start every process
 
     def __post_init__(self) -> None:
         _check(
@@ -301,6 +306,30 @@ class RuntimeConfig:
         )
         _check(self.gpus >= 0, "runtime.gpus", self.gpus, "must be >= 0")
         _check(self.parallel in ("data", "fold"), "runtime.parallel", self.parallel, "must be 'data' or 'fold'")
+        _check(self.start_timeout >= 1, "runtime.start_timeout", self.start_timeout, "must be >= 1 (seconds)")
+        _check(
+            self.network_interface is None or _NAME.fullmatch(self.network_interface) is not None,
+            "runtime.network_interface",
+            self.network_interface,
+            "must be one interface name, e.g. eth0",
+        )
+        if not self.hosts:
+            return
+        for host in self.hosts:
+            name, _, slots = host.rpartition(":")
+            ok = _NAME.fullmatch(name) is not None and slots.isdigit() and int(slots) >= 1
+            _check(ok, "runtime.hosts", host, "each entry must be 'hostname:slots', e.g. 'gpu1:4'")
+        names = [h.rpartition(":")[0] for h in self.hosts]
+        _check(len(set(names)) == len(names), "runtime.hosts", list(self.hosts), "a host is listed twice")
+        _check(self.parallel == "data", "runtime.hosts", list(self.hosts), "needs runtime.parallel: data")
+        total = sum(int(h.rpartition(":")[2]) for h in self.hosts)
+        _check(self.gpus == total, "runtime.gpus", self.gpus, f"must equal the slots of runtime.hosts ({total})")
+
+
+# Runtime params that say where a run's processes are placed, not what they compute: a checkpoint written
+# under one placement resumes under another with the same process count.
+PLACEMENT = ("parallel", "hosts", "network_interface", "start_timeout")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)

@@ -37,17 +37,31 @@ def under_horovod() -> bool:
 
 def horovod_command(runtime: RuntimeConfig, argv: list[str]) -> list[str] | None:
     """The ``horovodrun`` command that relaunches ``argv`` on ``runtime.gpus`` processes, when one is needed:
-    TensorFlow, data parallelism over more than one GPU, and not already under Horovod. (In fold-parallel
-    mode each fold's process gets one GPU from the orchestrator instead.)
+    TensorFlow, data parallelism over more than one GPU or over ``runtime.hosts``, and not already under
+    Horovod. (In fold-parallel mode each fold's process gets one GPU from the orchestrator instead.)
+
+    With hosts, horovodrun starts each host's processes over ssh (hosts that resolve to this machine's own
+    addresses run locally), in this process's working directory and with its environment, so every host
+    needs the same checkout path, virtual environment and data.
     """
-    if backend() != "tensorflow" or runtime.gpus <= 1 or runtime.parallel != "data" or under_horovod():
+    multi = runtime.gpus > 1 or bool(runtime.hosts)
+    if not multi or runtime.parallel != "data" or under_horovod():
+        return None
+    if backend() != "tensorflow":
+        if runtime.hosts:  # JAX runs data parallel over one host's devices only
+            raise RuntimeError(f"runtime.hosts={list(runtime.hosts)} needs Horovod on TensorFlow, not {backend()}")
         return None
     if not shutil.which("horovodrun"):
         raise RuntimeError(
             f"runtime.gpus={runtime.gpus} needs Horovod on TensorFlow, but horovodrun is not installed (make horovod)"
         )
     # Gloo needs no MPI; NCCL carries the GPU allreduce when Horovod was built with it
-    return ["horovodrun", "-np", str(runtime.gpus), "--gloo", sys.executable, *argv]
+    cmd = ["horovodrun", "-np", str(runtime.gpus)]
+    if runtime.hosts:
+        cmd += ["-H", ",".join(runtime.hosts)]
+    if runtime.network_interface:  # Gloo's interface, and NCCL_SOCKET_IFNAME for NCCL
+        cmd += ["--network-interfaces", runtime.network_interface]
+    return [*cmd, "--start-timeout", str(runtime.start_timeout), "--gloo", sys.executable, *argv]
 
 
 def configure(runtime: RuntimeConfig, seed: int) -> None:
@@ -151,20 +165,41 @@ def horovod_train_step(model: keras.Model, data: Any, xla: bool) -> dict[str, An
     return model.compute_metrics(x, None, y_pred)
 
 
-def broadcast_state(model: keras.Model) -> None:
-    """Make every rank start from rank 0's weights and optimizer state (after any checkpoint restore), then
-    give each rank its own random stream, so drop-out masks differ between ranks as between samples.
+def broadcast_state(model: keras.Model, step: int) -> int:
+    """Make every rank start from rank 0's weights, optimizer state and ``step`` (rank 0 alone reads the
+    checkpoint: on several hosts the others may not see it), then give each rank its own random stream, so
+    drop-out masks differ between ranks as between samples. Returns rank 0's step.
 
     Keras 3 variables wrap the tf.Variable; Horovod needs the latter (``v.value``, Horovod issue #4290).
     """
     if not _HVD:
-        return
+        return step
     _HVD.broadcast_variables([v.value for v in [*model.variables, *model.optimizer.variables]], root_rank=0)
+    step = int(_HVD.broadcast_object(step, root_rank=0))
     for v in model.variables:  # the seed generators' states (drop-out): rank r draws from seed + r
         if "seed_generator" in v.path:
             state = v.numpy()
             state[0] += rank()
             v.assign(state)
+    return step
+
+
+def check_same(key: str, what: str) -> None:
+    """Raise on every rank unless all Horovod ranks hold the same ``key`` (a fingerprint of ``what``): ranks on
+    other hosts read their own clone's files, which may differ from rank 0's."""
+    if not _HVD:
+        return
+    keys = _HVD.allgather_object(key)
+    odd = [r for r, k in enumerate(keys) if k != keys[0]]
+    if odd:
+        raise RuntimeError(f"Horovod ranks {odd} have other {what} than rank 0: `dvc pull` the same data on every host")
+
+
+def placement() -> str:
+    """Where this run's processes are, for the log: ``2 processes on 2 hosts``."""
+    if not _HVD:
+        return f"{world_size()} device(s) on 1 host"
+    return f"{_HVD.size()} processes on {_HVD.cross_size()} host(s)"
 
 
 def per_replica_count() -> int:

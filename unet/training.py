@@ -22,7 +22,7 @@ from keras import ops
 
 from unet import checkpoint, distributed
 from unet.augment import augment, draw_params
-from unet.config import Config, LossConfig, TrainConfig, fingerprint, to_dict
+from unet.config import PLACEMENT, Config, LossConfig, TrainConfig, fingerprint, to_dict
 from unet.geometry import output_size
 from unet.intensity import UINT8, Intensity, fit_intensity, with_intensity
 from unet.io import atomic_path, pixel_sha256, to_binary
@@ -155,8 +155,8 @@ def make_trainer(cfg: Config) -> Trainer:
 def resume_fingerprint(cfg: Config, data: SliceData) -> str:
     """What a checkpoint must share to be resumed: the training slices themselves (another fold or split is
     other data), every train param and every runtime param that shapes the optimizer's variables or the
-    numerics (precision, XLA, TF32, device count), not ``parallel``."""
-    runtime = {k: v for k, v in to_dict(cfg.runtime).items() if k != "parallel"}
+    numerics (precision, XLA, TF32, device count), not where the processes run (``config.PLACEMENT``)."""
+    runtime = {k: v for k, v in to_dict(cfg.runtime).items() if k not in PLACEMENT}
     slices = [pixel_sha256(data.images), pixel_sha256(data.labels)]
     return fingerprint({"train": to_dict(cfg.train), "runtime": runtime, "data": slices})
 
@@ -165,7 +165,7 @@ class _Monitor(keras.callbacks.Callback):
     """Counts optimizer steps; every ``steps_per_epoch`` steps (and at the last): stop on a non-finite
     loss, log, and checkpoint (rank 0)."""
 
-    def __init__(self, cfg: Config, checkpoints: Path, start: int, live: Any, key: str):
+    def __init__(self, cfg: Config, checkpoints: str, start: int, live: Any, key: str):
         super().__init__()
         self.cfg, self.checkpoints, self.live = cfg, checkpoints, live
         self.step, self.t0, self.t0_step = start, time.perf_counter(), start
@@ -192,25 +192,27 @@ class _Monitor(keras.callbacks.Callback):
             self.live.log_metric(k, float(v))
         self.live.make_summary()
         if self.step % t.checkpoint_every == 0 or self.step >= t.max_steps:
-            checkpoint.save(self.checkpoints, self.step, self.model, self.meta, t.keep_checkpoints)
+            meta = {**self.meta, "metrics": {k: float(v) for k, v in logs.items()}}  # for a resume elsewhere
+            checkpoint.save(self.checkpoints, self.step, self.model, meta, t.keep_checkpoints)
 
 
-def _resume(cfg: Config, checkpoints: Path, key: str) -> tuple[Trainer, int]:
-    """A trainer restored from the newest checkpoint written with the same fingerprint ``key``, and its step; a
-    fresh trainer and step 0 when there is none (or it does not fit: resume state never crashes a run)."""
+def _resume(cfg: Config, checkpoints: str, key: str) -> tuple[Trainer, int, dict[str, float]]:
+    """A trainer restored from the newest checkpoint written with the same fingerprint ``key``, its step and
+    the metrics logged at that step; a fresh trainer, step 0 and no metrics when there is none (or it does not
+    fit: resume state never crashes a run)."""
     trainer = make_trainer(cfg)
     found = checkpoint.latest(checkpoints, key)
     if not found:
-        if any(checkpoints.glob("step-*")):
+        if checkpoint.exists(checkpoints):
             log.info("%s: no checkpoint of these data and train/runtime params: starting afresh", checkpoints)
-        return trainer, 0
+        return trainer, 0, {}
     try:
         checkpoint.restore(found[0], trainer)
     except ValueError as exc:
         log.info("%s: cannot resume (%s): starting afresh", found[0], exc)
-        return make_trainer(cfg), 0
+        return make_trainer(cfg), 0, {}
     log.info("resuming from %s (step %d of %d)", found[0], found[1]["step"], cfg.train.max_steps)
-    return trainer, int(found[1]["step"])
+    return trainer, int(found[1]["step"]), dict(found[1].get("metrics", {}))
 
 
 def train(
@@ -219,9 +221,12 @@ def train(
     workdir: str | Path,
     callbacks: list[Any] | None = None,
     checkpoints: str | Path | None = None,
+    shared_checkpoints: str | None = None,
 ) -> dict[str, float]:
     """Train ``cfg.train`` on ``data`` for exactly ``max_steps`` optimizer steps; write metrics and
-    ``model.keras`` under ``workdir`` and checkpoints under ``checkpoints`` (default ``workdir/checkpoints``).
+    ``model.keras`` under ``workdir`` and checkpoints under ``checkpoints`` (default ``workdir/checkpoints``),
+    or under ``<shared_checkpoints>/<resume fingerprint>/`` when a shared location (a path or an fsspec URL
+    that every worker reaches) is given, so that any worker resumes the run and none resumes another's.
 
     Resumes from the newest checkpoint written for the same training slices with the same train and runtime
     params.
@@ -232,13 +237,19 @@ def train(
     from dvclive import Live
 
     t, workdir = cfg.train, Path(workdir)
-    ckpt_dir = Path(checkpoints) if checkpoints is not None else workdir / "checkpoints"
     key = resume_fingerprint(cfg, data)
-    trainer, start = _resume(cfg, ckpt_dir, key)
-    distributed.broadcast_state(trainer)
-    out = output_size(t.model.tile, t.model.depth) or 0
+    distributed.check_same(key, "training slices or params")
+    ckpt_dir = checkpoint.location(checkpoints or workdir / "checkpoints", shared_checkpoints, key)
     chief = distributed.is_chief()
+    trainer, start, last = _resume(cfg, ckpt_dir, key) if chief else (make_trainer(cfg), 0, {})
+    start = distributed.broadcast_state(trainer, start)
+    out = output_size(t.model.tile, t.model.depth) or 0
     live = Live(str(workdir), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) if chief else None
+    if live is not None and last and "loss" not in live.summary:  # resumed where the run's history is not
+        live.step = start
+        for k, v in last.items():
+            live.log_metric(k, v)
+        live.make_summary()
     monitor = _Monitor(cfg, ckpt_dir, start, live, key)
     # whole epochs of steps_per_epoch, then one short epoch for the remainder: exactly max_steps steps
     spe, full = t.steps_per_epoch, (t.max_steps - start) // t.steps_per_epoch

@@ -1,8 +1,10 @@
 """train stage: train one fold (``--fold k``, a DVC matrix item) into ``models/folds/fold<k>/``.
 
 Writes ``model.keras``, ``config.json`` (the resolved params), DVCLive's ``metrics.json`` and ``plots/``
-under ``--out``, and resume state under ``--checkpoints``. A rerun after a kill resumes from the newest
-checkpoint written for the same slices with the same train and runtime params.
+under ``--out``, and resume state under ``--checkpoints``, or under ``--shared-checkpoints`` (default
+``$UNET_CHECKPOINTS``: a path or fsspec URL every worker reaches) keyed by the run's resume fingerprint. A
+rerun after a kill, here or on another worker sharing that location, resumes from the newest checkpoint
+written for the same slices with the same train and runtime params.
 """
 
 from __future__ import annotations
@@ -10,27 +12,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from unet import distributed
-from unet.config import Config, to_dict
+from unet.config import Config, from_dict, to_dict
 from unet.io import read_stack, write_json
 from unet.stages import _cli
 from unet.training import make_data, train
 
 log = logging.getLogger(__name__)
+PARAMS_ENV = "UNET_PARAMS"  # the params the launching process loaded, handed to every Horovod rank
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
     relaunch = distributed.horovod_command(cfg.runtime, ["-m", "unet.stages.train", *sys.argv[1:]])
-    if relaunch:  # runtime.gpus > 1 on TensorFlow: the same command on every Horovod rank
+    if relaunch:  # runtime.gpus > 1 or runtime.hosts on TensorFlow: the same command on every Horovod rank
         log.info("starting %d Horovod processes: %s", cfg.runtime.gpus, " ".join(relaunch))
-        code = subprocess.run(relaunch).returncode
+        # every rank, on every host, trains these params, whatever params.yaml its host's clone holds
+        # (a `dvc exp run -S` changes only this host's): horovodrun passes the environment on
+        env = {**os.environ, PARAMS_ENV: json.dumps(to_dict(cfg))}
+        code = subprocess.run(relaunch, env=env).returncode
         if code:
             raise RuntimeError(f"horovodrun exited {code}: a rank failed (its error is above)")
         return
+    if distributed.under_horovod() and os.environ.get(PARAMS_ENV):
+        cfg = from_dict(Config, json.loads(os.environ[PARAMS_ENV]))
     distributed.configure(cfg.runtime, cfg.train.seed)
     raw, workdir = Path(args.raw), Path(args.out)
     folds = json.loads(Path(args.folds).read_text())
@@ -43,18 +52,18 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
     chief = distributed.is_chief()
     if chief:
         log.info(
-            "fold %d: %d training slices, backend %s x %d, precision %s, %d steps x global batch %d",
+            "fold %d: %d training slices, backend %s, %s, precision %s, %d steps x global batch %d",
             args.fold,
             len(idx),
             distributed.backend(),
-            distributed.world_size(),
+            distributed.placement(),
             cfg.runtime.precision,
             cfg.train.max_steps,
             cfg.train.batch_size,
         )
         workdir.mkdir(parents=True, exist_ok=True)
         write_json(workdir / "config.json", {"fold": args.fold, **to_dict(cfg)})
-    metrics = train(cfg, data, workdir, checkpoints=args.checkpoints)
+    metrics = train(cfg, data, workdir, checkpoints=args.checkpoints, shared_checkpoints=args.shared_checkpoints)
     if chief:
         log.info("fold %d done: %s", args.fold, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
@@ -66,6 +75,12 @@ if __name__ == "__main__":
     p.add_argument("--folds", default="data/folds.json")
     p.add_argument("--out", help="output directory (default: models/folds/fold<k>)")
     p.add_argument("--checkpoints", help="resume state directory (default: checkpoints/fold<k>)")
+    p.add_argument(
+        "--shared-checkpoints",
+        default=os.environ.get("UNET_CHECKPOINTS") or None,
+        help="resume state shared by every worker, instead of --checkpoints: a path or fsspec URL "
+        "(default: $UNET_CHECKPOINTS)",
+    )
     a = p.parse_args()
     a.out = a.out or f"models/folds/fold{a.fold}"
     a.checkpoints = a.checkpoints or f"checkpoints/fold{a.fold}"
