@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, wait
 
 from unet import config
+from unet.devices import fold_queues, granted
 from unet.metrics import METRICS
 from unet.presets import apply, experiment_env, from_baseline, overrides
 
@@ -71,8 +72,11 @@ def set_params(repo: str, values: dict[str, Any]) -> None:
         get_run_logger().info("params.yaml (workspace): %s", ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-def _repro(repo: str, stage: str, gpu: int | None = None) -> None:
-    env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else None
+def _repro(repo: str, stage: str, gpu: str | None = None) -> None:
+    env = None
+    if gpu is not None:  # one of the GPUs the worker granted, alone
+        env = {"CUDA_VISIBLE_DEVICES": gpu}
+        get_run_logger().info("%s on GPU %s (CUDA_VISIBLE_DEVICES=%s)", stage, gpu, gpu)
     try:
         # fold-parallel runs share one repository: wait for DVC's lock instead of failing after 3 s
         _run(["dvc", "--wait-for-lock", "repro", "--single-item", stage], repo, env=env)
@@ -89,6 +93,25 @@ def _repro(repo: str, stage: str, gpu: int | None = None) -> None:
 # the network stage retries; the others fail fast
 download = task(retries=3, retry_delay_seconds=[10, 30, 90], task_run_name="download", name="download")(_repro)
 repro = task(task_run_name="{stage}", name="repro")(_repro)
+
+
+def train_folds(repo: str, cfg: config.Config) -> None:
+    """``train@k`` for every fold. In fold-parallel mode each of the GPUs this run was granted (inherited
+    ``CUDA_VISIBLE_DEVICES``, else ``runtime.gpus``) trains its queue of folds one at a time, all GPUs at
+    once; otherwise (data-parallel, or no GPU) the folds run one after another."""
+    devices = granted(os.environ, cfg.runtime.gpus) if cfg.runtime.parallel == "fold" else []
+    if not devices:
+        for k in cfg.split.folds:
+            repro(repo, f"train@{k}")
+        return
+    futures: dict[int, PrefectFuture[None]] = {}
+    for gpu, folds in fold_queues(cfg.split.folds, devices).items():
+        for j, k in enumerate(folds):  # after the previous fold on this GPU
+            after = [futures[folds[j - 1]]] if j else []
+            futures[k] = repro.submit(repo, f"train@{k}", gpu=gpu, wait_for=after, return_state=False)
+    wait(list(futures.values()))
+    for k in sorted(futures):  # in fold order, a failed fold raises before the folds queued behind it
+        futures[k].result()
 
 
 def git_tracked_outputs(repo: str) -> list[str]:
@@ -168,14 +191,8 @@ def pipeline(
         from flows.fold import train_on_workers  # (flows.fold imports this module)
 
         train_on_workers(repo, cfg.split.folds, experiment)
-    elif cfg.runtime.parallel == "fold" and cfg.runtime.gpus >= cfg.split.k:  # one fold per GPU, at once
-        futures = [repro.submit(repo, f"train@{k}", gpu=k) for k in cfg.split.folds]
-        wait(futures)
-        for f in futures:
-            f.result()  # a failed fold fails the flow here, not later in evaluate
     else:
-        for k in cfg.split.folds:
-            repro(repo, f"train@{k}")
+        train_folds(repo, cfg)
     repro(repo, "evaluate")
     repro(repo, "register")
     save_experiment(repo, experiment)

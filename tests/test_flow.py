@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import keras
 import numpy as np
 import pytest
 import tifffile
 import yaml
 
-from unet.presets import overrides
+from unet.presets import apply, overrides
 
-from .test_pipeline import BIN, git_env, make_repo
+from .test_pipeline import BIN, git_env, make_repo, run
 
 
 def test_overrides_from_flow_parameters():
@@ -144,3 +150,143 @@ def test_deployment_runs_on_a_process_worker_against_a_real_server(isbi, tmp_pat
     assert card["cross_validated"]["vrand"]["mean"] > 0
     assert git("show", f"{ref}:metrics/folds.json").returncode == 0
     assert git("rev-list", "--count", "HEAD").stdout.strip() == "1"  # no commit on the branch
+
+
+# Fold-parallel on this CPU machine: 3 folds on 2 granted "GPUs" (ids only; the CPU runs them), one Keras
+# step per epoch so every step prints a line, enough steps that training outlives the log's trip to the API
+FOLD_PARALLEL = {
+    "split.folds": [0, 1, 2],
+    "train.model.base_filters": 4,
+    "train.model.depth": 3,
+    "train.model.tile": 92,
+    "train.model.dropout": 0.0,
+    "train.batch_size": 2,
+    "train.max_steps": 30,
+    "train.steps_per_epoch": 1,
+    "train.checkpoint_every": 30,
+    "train.warmup_steps": 2,
+    "evaluate.batch_size": 4,
+    "evaluate.overlays": 1,
+    "runtime.precision": "float32",
+    "runtime.xla": False,
+    "runtime.tf32": False,
+    "runtime.gpus": 0,
+    "runtime.parallel": "fold",
+}
+DVC_SHIM = """#!/bin/sh
+# records the GPU each dvc process was given and when it ran, then runs the real dvc
+echo "start $(date +%s.%N) ${CUDA_VISIBLE_DEVICES-unset} $*" >> "$DVC_CALLS"
+"$REAL_DVC" "$@"; rc=$?
+echo "end $(date +%s.%N) ${CUDA_VISIBLE_DEVICES-unset} $*" >> "$DVC_CALLS"
+exit $rc
+"""
+STEP_LINE = re.compile(r"^1/1 - .*loss: ")  # Keras' line at the end of a one-step epoch (verbose=2)
+
+
+def _train_calls(path: Path) -> dict[int, tuple[str, float, float]]:
+    """fold -> (CUDA_VISIBLE_DEVICES, start, end) of each ``dvc repro train@k`` the flow started."""
+    calls: dict[int, dict[str, object]] = {}
+    for line in path.read_text().splitlines():
+        event, t, dev, *args = line.split()
+        stage = args[-1]
+        if stage.startswith("train@"):
+            calls.setdefault(int(stage[6:]), {})[event] = float(t)
+            calls[int(stage[6:])]["dev"] = dev
+    return {k: (str(c["dev"]), float(c["start"]), float(c["end"])) for k, c in calls.items()}  # type: ignore[arg-type]
+
+
+def _logs(client: Any, task_run_id: Any = None) -> list[Any]:
+    """Every log record in the API (of one task run), oldest first."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    where = LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])) if task_run_id else None
+    logs: list[Any] = []
+    while page := client.read_logs(where, limit=200, offset=len(logs)):
+        logs += page
+    return logs
+
+
+def _watch(stop: threading.Event, seen: dict[str, dict]) -> None:
+    """Poll the API as a user would: for each train task, its first step-1 line and its state at that moment."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        while not stop.is_set():
+            for task in client.read_task_runs():
+                if not task.name.startswith("train@") or task.name in seen:
+                    continue
+                line = next((log for log in _logs(client, task.id) if STEP_LINE.match(log.message)), None)
+                if line is not None:
+                    seen[task.name] = {"state": task.state_type, "log": line}
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_fold_parallel_on_the_granted_gpus_streams_logs_and_matches_a_sequential_run(isbi, tmp_path, monkeypatch):
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_LOGGING_TO_API_BATCH_INTERVAL, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline
+
+    repo = make_repo(tmp_path / "repo")
+    apply(repo / "params.yaml", FOLD_PARALLEL)  # the workspace's own edits: the flow keeps them
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "dvc").write_text(DVC_SHIM)
+    (shim / "dvc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{BIN}:{os.environ['PATH']}")
+    monkeypatch.setenv("REAL_DVC", str(BIN / "dvc"))
+    monkeypatch.setenv("DVC_CALLS", str(tmp_path / "dvc-calls.txt"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,9")  # what the worker granted
+    monkeypatch.setenv("ISBI_DATA_DIR", str(isbi))
+    seen: dict[str, dict] = {}
+    stop = threading.Event()
+    fast_logs = temporary_settings({PREFECT_LOGGING_TO_API_BATCH_INTERVAL: 0.2})  # the default is 2 s
+    with prefect_test_harness(server_startup_timeout=180), fast_logs:
+        watcher = threading.Thread(target=contextvars.copy_context().run, args=(_watch, stop, seen))
+        watcher.start()
+        try:
+            state = pipeline(repo=str(repo), push=False, return_state=True)
+        finally:
+            stop.set()
+            watcher.join()
+        assert state.is_completed(), state  # no DVC lock failure between the concurrent folds
+        with get_client(sync_client=True) as client:
+            tasks = {t.name: t for t in client.read_task_runs() if t.name.startswith("train@")}
+            logs = _logs(client)
+
+    # each fold ran in its own process on the k-th (mod 2) granted GPU; each GPU one fold at a time; 2 at once
+    calls = _train_calls(tmp_path / "dvc-calls.txt")
+    assert {k: dev for k, (dev, _, _) in calls.items()} == {0: "7", 1: "9", 2: "7"}
+    assert calls[0][2] <= calls[2][1]  # fold 2 waited for fold 0 on GPU 7
+    assert max(calls[0][1], calls[1][1]) < min(calls[0][2], calls[1][2])  # folds 0 and 1 overlapped
+    messages = [log.message for log in logs]
+    assert "train@1 on GPU 9 (CUDA_VISIBLE_DEVICES=9)" in messages
+
+    # a user watching the run sees step 1 of each fold while that fold still trains
+    assert sorted(seen) == ["train@0", "train@1", "train@2"], (sorted(seen), messages[-40:])
+    for name, s in seen.items():
+        assert s["state"] == StateType.RUNNING, (name, s)
+        assert (tasks[name].end_time - s["log"].timestamp).total_seconds() > 0.5  # not all logged at exit
+
+    # the same folds trained one after another (what the flow does with no GPU) give the same dvc.lock
+    seq = tmp_path / "sequential"
+    shutil.copytree(repo, seq, symlinks=True)
+    shutil.rmtree(seq / "checkpoints")  # no resuming from the parallel run's last step
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    for k in (0, 1, 2):
+        r = run(seq, "dvc", "repro", "--force", "--no-run-cache", "--single-item", f"train@{k}")
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    parallel, sequential = (yaml.safe_load((d / "dvc.lock").read_text())["stages"] for d in (repo, seq))
+    for k in (0, 1, 2):
+        a, b = parallel[f"train@{k}"], sequential[f"train@{k}"]
+        assert a["cmd"] == b["cmd"] and a["deps"] == b["deps"] and a["params"] == b["params"]
+        outs_a, outs_b = ({o["path"]: o for o in x["outs"]} for x in (a, b))
+        assert outs_a[f"models/folds/fold{k}/config.json"] == outs_b[f"models/folds/fold{k}/config.json"]
+        # model.keras differs byte for byte (Keras stamps the save time), so compare what it holds
+        wa, wb = (keras.saving.load_model(d / f"models/folds/fold{k}/model.keras").get_weights() for d in (repo, seq))
+        assert all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True)), f"fold {k}: weights differ"
+        ma, mb = (json.loads((d / f"models/folds/fold{k}/metrics.json").read_text()) for d in (repo, seq))
+        assert {m: v for m, v in ma.items() if m != "img_per_s"} == {m: v for m, v in mb.items() if m != "img_per_s"}

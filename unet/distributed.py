@@ -30,6 +30,24 @@ def backend() -> str:
     return keras.backend.backend()
 
 
+def usable_gpus() -> int:
+    """GPUs the Keras backend itself can use: what a CPU-only build of TensorFlow or JAX reports as none,
+    even where ``nvidia-smi`` lists GPUs. On JAX this starts the backend (which reserves GPU memory): call
+    it in a process of its own (``unet.presets`` does)."""
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+    if backend() == "jax":
+        import jax
+
+        try:
+            return len(jax.devices("gpu"))
+        except RuntimeError:  # no GPU platform in this jaxlib, or no device for it
+            return 0
+    return 0
+
+
 def under_horovod() -> bool:
     """True in a process started by ``horovodrun`` (Gloo or MPI)."""
     return "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ

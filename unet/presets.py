@@ -2,8 +2,9 @@
 committed ``params.yaml`` (which stays the GPU recipe). ``dvc exp show`` then lists each run with its
 params and metrics, and ``dvc exp diff`` / ``dvc metrics diff`` compare them fold by fold.
 
-``python -m unet.presets run auto`` (what ``make run`` does) picks ``cpu`` when no NVIDIA GPU is visible,
-says so, and runs the pipeline as the experiment named after the preset; ``python -m unet.presets show cpu``
+``python -m unet.presets run auto`` (what ``make run`` does) picks ``cpu`` when the Keras backend can use no
+GPU (a CPU-only TensorFlow or JAX build included, which it warns about when ``nvidia-smi`` lists GPUs), says so,
+and runs the pipeline as the experiment named after the preset; ``python -m unet.presets show cpu``
 prints the ``-S`` arguments for a hand-written ``dvc exp run``.
 """
 
@@ -69,7 +70,41 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def gpu_count() -> int:
-    """NVIDIA GPUs visible through ``nvidia-smi`` (0 when it is missing or fails)."""
+    """GPUs the Keras backend can use, asked of the backend itself. Warns in one line when ``nvidia-smi``
+    lists GPUs that the backend cannot use (a CPU-only build, a CUDA/driver mismatch), or when the backend
+    cannot be asked (then 0)."""
+    try:
+        name, count = backend_gpus()
+    except RuntimeError as exc:
+        print(f"presets: warning: could not ask the Keras backend for its GPUs ({exc}): assuming none", file=sys.stderr)
+        return 0
+    listed = driver_gpus()
+    if listed and not count:
+        print(
+            f"presets: warning: nvidia-smi lists {listed} GPU(s) but the {name} backend can use none "
+            f"(a CPU-only {name} build, or a CUDA/driver mismatch?)",
+            file=sys.stderr,
+        )
+    return count
+
+
+def backend_gpus() -> tuple[str, int]:
+    """(Keras backend, GPUs it can use), from a process of its own: TensorFlow or JAX start there, not here,
+    and the GPU memory JAX reserves on start is given back when it exits."""
+    probe = "from unet.distributed import backend, usable_gpus; print(backend(), usable_gpus())"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's start-up chatter
+    try:
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError("no answer in 300 s") from exc
+    words = r.stdout.split()
+    if r.returncode or len(words) < 2 or not words[-1].isdigit():
+        raise RuntimeError((r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1])
+    return words[-2], int(words[-1])
+
+
+def driver_gpus() -> int:
+    """NVIDIA GPUs that the driver lists through ``nvidia-smi`` (0 when it is missing or fails)."""
     if not shutil.which("nvidia-smi"):
         return 0
     try:
