@@ -20,6 +20,7 @@ INSTALL_ARGS := -c constraints-gpu.txt --override overrides-gpu.txt -e '.[dev,gp
 STAMP := $(VENV)/.installed-gpu
 OTHER_STAMP := $(VENV)/.installed
 HVD_STAMP := $(VENV)/.horovod-nccl
+HVD_NCCL_ASSERT := ; assert hvd.nccl_built(), 'Horovod built without NCCL'
 else
 LOCK := constraints.txt
 INSTALL_ARGS := -c constraints.txt -e '.[dev]'
@@ -37,6 +38,7 @@ HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI
 # names a CUDA 12 toolkit's nvcc (default: the one on PATH); that toolkit compiles them.
 NVCC ?= nvcc
 NCCL_LINK := $(VENV)/nccl/lib/libnccl.so
+NCCL_STAMP := $(VENV)/nccl/.linked
 CUDA_ROOT = $(shell d=$$(readlink -f "$$(command -v $(NVCC))") && dirname "$$(dirname "$$d")")
 NVCC_CHECK = @v=$$($(NVCC) --version 2>/dev/null | grep -o 'release [0-9.]*'); [[ $$v == "release 12."* ]] || { \
 	echo "make horovod GPU=1: error: Horovod's CUDA kernels need nvcc from a CUDA 12 toolkit, found $${v:-no $(NVCC)}"\
@@ -63,7 +65,7 @@ endif
 
 install: $(STAMP)
 
-$(HVD_STAMP): $(STAMP) $(if $(filter 1,$(GPU)),$(NCCL_LINK))
+$(HVD_STAMP): $(STAMP) $(if $(filter 1,$(GPU)),$(NCCL_STAMP))
 	@command -v g++ >/dev/null || { echo "make horovod: error: no C++ compiler (g++): install it (Debian: apt-get install g++)"; exit 1; }
 	@$(BIN)/python -c "import os, sysconfig; p = sysconfig.get_paths()['include']; os.path.exists(p + '/Python.h') or exit(f'make horovod: error: no Python headers in {p} (Debian: apt-get install python3-dev)')"
 ifeq ($(GPU),1)
@@ -73,17 +75,19 @@ endif
 	$(BIN)/python -m pip uninstall -q -y horovod 2>/dev/null || true  # the other variant, if built before
 	$(HOROVOD_ENV) $(if $(filter 1,$(GPU)),$(HOROVOD_NCCL_ENV)) PATH=$(HOROVOD_PATH) \
 		$(BIN)/python -m pip install --no-build-isolation --no-cache-dir -c $(LOCK) horovod==0.28.1
-	$(BIN)/python -c "import horovod.tensorflow as hvd; assert hvd.gloo_built(), 'Horovod built without Gloo'$(if $(filter 1,$(GPU)),; assert hvd.nccl_built(), 'Horovod built without NCCL')"
+	$(BIN)/python -c "import horovod.tensorflow as hvd; assert hvd.gloo_built(), 'Horovod built without Gloo'$(HVD_NCCL_ASSERT)"
 	rm -f $(VENV)/.horovod $(VENV)/.horovod-nccl
 	touch $@
 
 # NCCL for GPU=1: the nvidia-nccl-cu12 wheel's include/ and its libnccl.so.2 as libnccl.so, where CMake looks
-$(NCCL_LINK): $(STAMP)
+# (a stamp, not the link: make would judge the link by the wheel's file time)
+$(NCCL_STAMP): $(STAMP)
 	$(NVCC_CHECK)
 	$(BIN)/uv pip install --python $(BIN)/python -c constraints-gpu.txt nvidia-nccl-cu12
 	@d=$$($(BIN)/python -c "import nvidia.nccl as m; print(m.__path__[0])") && test -f "$$d/include/nccl.h" || { \
 		echo "make horovod GPU=1: error: no NCCL headers (nccl.h) in the nvidia-nccl-cu12 wheel ($$d)"; exit 1; }; \
-		mkdir -p $(@D) && ln -sfn "$$d/include" $(VENV)/nccl/include && ln -sfn "$$d/lib/libnccl.so.2" $@
+		mkdir -p $(VENV)/nccl/lib && ln -sfn "$$d/include" $(VENV)/nccl/include && ln -sfn "$$d/lib/libnccl.so.2" $(NCCL_LINK)
+	touch $@
 
 horovod: $(HVD_STAMP)
 

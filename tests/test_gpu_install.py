@@ -101,7 +101,7 @@ def test_horovod_nccl_build_uses_the_given_cuda12_toolkit_and_the_nccl_wheel(tmp
         "-c constraints-gpu.txt horovod==0.28.1",
     ):
         assert setting in build, (setting, build)
-    assert "nvidia-nccl-cu12" in r.stdout and "assert hvd.nccl_built()" in r.stdout
+    assert "nvidia-nccl-cu12" in r.stdout and "assert hvd.nccl_built(), 'Horovod built without NCCL'" in r.stdout
 
 
 @pytest.mark.parametrize("release", ["13.0, V13.0.88", None])
