@@ -60,7 +60,7 @@ endif
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
 	$(BIN)/uv pip install --python $(BIN)/python $(INSTALL_ARGS)
-	rm -f $(OTHER_STAMP)  # the GPU lock is the CPU lock plus the CUDA packages: it installs on top of it
+	rm -f $(OTHER_STAMP)  # one lock a venv: the GPU lock (CPU lock + CUDA wheels) installs over the CPU one
 	touch $@
 
 install: $(STAMP)
