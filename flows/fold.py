@@ -155,8 +155,8 @@ def adopt_run(repo: str, stage: str, name: str) -> None:
 
 def train_on_workers(repo: str, folds: Sequence[int], experiment: str) -> None:
     """Every changed ``train@k`` as a flow run of ``unet/fold`` at once; a failed one fails this flow, naming
-    the fold and its flow run, once all have ended. Folds whose ``dvc.lock`` entry is current are skipped,
-    as ``dvc repro`` skips them."""
+    the fold and its flow run, once all have ended and the others have joined ``dvc.lock``. Folds whose
+    ``dvc.lock`` entry is current are skipped, as ``dvc repro`` skips them."""
     stages = [s for s in (f"train@{k}" for k in folds) if changed(repo, s)]
     if not stages:
         return
@@ -170,8 +170,9 @@ def train_on_workers(repo: str, folds: Sequence[int], experiment: str) -> None:
         for s in stages
     ]
     wait(futures)
+    for s, f in zip(stages, futures, strict=True):  # the folds that finished join dvc.lock even when another failed,
+        if f.state.is_completed():  # so a repeated run in this workspace skips them
+            adopt_run(repo, s, names[s])
     failed = [str(f.result(raise_on_failure=False)) for f in futures if not f.state.is_completed()]
     if failed:
         raise RuntimeError("; ".join(failed))
-    for s in stages:
-        adopt_run(repo, s, names[s])
