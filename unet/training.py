@@ -129,9 +129,10 @@ class Trainer(keras.Model):
     batch's slice indices and augmentation parameters (:func:`batches`), from which it cuts the batch there.
 
     The slices are copied to the device once, when the trainer is built, in their own dtype: uint8 images and
-    labels take 1 byte a pixel each (ISBI's 24 training slices of 512 x 512: 6.3 MB each), border weights 4
-    bytes (float32), non-uint8 images 4 (float32). Every data-parallel replica (Horovod rank, JAX device) holds
-    a whole copy. They are input, not state: ``variables``, checkpoints and Horovod's broadcast leave them out.
+    labels take 1 byte a pixel each (ISBI's 24 training slices of 512 x 512: 6.3 MB of images, as much of
+    labels), border weights 4 bytes (float32), non-uint8 images 4 (float32); a step adds its batch's B whole
+    slices (gathered, still uint8) and the tiles. Every data-parallel replica (Horovod rank, JAX device) holds a
+    whole copy. They are input, not state: ``variables``, checkpoints and Horovod's broadcast leave them out.
     TensorFlow has no GPU gather kernel for uint8, so on a GPU keep ``runtime.xla`` on (the default: XLA
     compiles the gather) or TensorFlow gathers on the host.
     """
