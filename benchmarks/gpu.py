@@ -115,10 +115,10 @@ def measure_train(sz: dict[str, int], batch: int, precision: str) -> list[dict[s
 
     cfg = _config(sz, batch, precision)
     distributed.configure(cfg.runtime, seed=0)
-    trainer = make_trainer(cfg)
     rng = np.random.default_rng(0)
     shape = (sz["slices"], sz["slice"], sz["slice"])
     data = SliceData(rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(0, 2, shape, dtype=np.uint8))
+    trainer = make_trainer(cfg, data)  # the slices go to the device here, once
     gen = batches(data, cfg.train, 0, sz["tile"], output_size(sz["tile"], sz["depth"]) or 0)
     t0 = time.perf_counter()
     trainer.fit(
@@ -207,6 +207,7 @@ def accuracy(data_dir: Path, params: Path, steps: int | None, dry: bool) -> dict
     from unet.evaluation import evaluate_fold
     from unet.folds import kfold
     from unet.geometry import output_size
+    from unet.intensity import with_intensity
     from unet.io import read_stack, to_binary
     from unet.training import batches, make_data, make_trainer
 
@@ -223,15 +224,16 @@ def accuracy(data_dir: Path, params: Path, steps: int | None, dry: bool) -> dict
     labels = to_binary(read_stack(data_dir / cfg.download.labels))
     fold = kfold(len(images), cfg.split.k, cfg.split.seed)["folds"][0]
     distributed.configure(cfg.runtime, t.seed)
-    trainer = make_trainer(cfg)
     data = make_data(images[fold["train"]], labels[fold["train"]], t.loss)
+    trainer = make_trainer(cfg, data)
     gen = batches(data, t, 0, t.model.tile, output_size(t.model.tile, t.model.depth) or 0)
     t0 = time.perf_counter()
     for epochs, spe in ((t.max_steps // t.steps_per_epoch, t.steps_per_epoch), (1, t.max_steps % t.steps_per_epoch)):
         if epochs and spe:
             trainer.fit(gen, epochs=epochs, steps_per_epoch=spe, shuffle=False, verbose=2)
     train_s = time.perf_counter() - t0
-    metrics, _, _ = evaluate_fold(trainer.unet, images, labels, fold["val"], cfg.evaluate)
+    model = with_intensity(trainer.unet, data.intensity)  # raw grey values in, as the saved fold model
+    metrics, _, _ = evaluate_fold(model, images, labels, fold["val"], cfg.evaluate)
     return {
         "fold": 0,
         "steps": t.max_steps,

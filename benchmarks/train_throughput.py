@@ -27,11 +27,11 @@ def measure(model: ModelConfig, precision: str, xla: bool, batch: int, iters: in
     runtime = RuntimeConfig(precision=precision, xla=xla, tf32=True, gpus=1)  # type: ignore[arg-type]
     cfg = Config(train=TrainConfig(model=model, batch_size=batch), runtime=runtime)
     distributed.configure(runtime, seed=0)
-    trainer = make_trainer(cfg)
     rng = np.random.default_rng(0)
     data = SliceData(
         rng.integers(0, 256, (8, 512, 512), dtype=np.uint8), rng.integers(0, 2, (8, 512, 512), dtype=np.uint8)
     )
+    trainer = make_trainer(cfg, data)
     gen = batches(data, cfg.train, 0, model.tile, output_size(model.tile, model.depth) or 0)
 
     def step() -> None:

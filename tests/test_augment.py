@@ -49,6 +49,17 @@ def test_transforms_are_exercised_and_deterministic():
     assert a[0].min() >= 0.0 and a[0].max() <= 1.0
 
 
+def test_uint8_slices_give_the_same_tiles_as_scaled_float():
+    """uint8 pixels are now scaled after the gather; whole slices once were, before it: the same bits either way."""
+    images, labels = synthetic(4, 48)
+    a = _run(images, labels // 255, AugmentConfig(), seed=2, photometric=True)
+    scaled = ops.convert_to_numpy(ops.cast(ops.convert_to_tensor(images), "float32") / 255.0)  # as the backend did
+    b = _run(scaled, labels // 255, AugmentConfig(), seed=2, photometric=True)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert 0.1 < a[0].mean() < 0.9 and 0.1 < a[1].mean() < 0.9  # real content, not an empty tile
+
+
 def test_pure_crop_matches_numpy_symmetric_padding():
     """Without flips or elastic warps, a tile is exactly a crop of the mirror-padded slice."""
     images, labels = synthetic(4, 40)

@@ -4,10 +4,12 @@ import json
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
-from unet.config import Config, TrainConfig
+from unet.augment import augment, draw_params
+from unet.config import Config, LossConfig, TrainConfig
 from unet.intensity import intensities
-from unet.training import make_data, make_trainer, train
+from unet.training import batches, draw_step, make_data, make_trainer, train
 
 from .conftest import synthetic
 
@@ -39,6 +41,37 @@ def data():
     return make_data(images, labels, TrainConfig().loss)
 
 
+def test_device_batches_match_the_host_definition(tiny_cfg):
+    """Global batch s is defined on the host (slices ``images[idx]`` and parameters from default_rng([seed, s]));
+    the trainer, holding the slices on the device and given only rank r's share of the indices and parameters,
+    must cut exactly rank r's share of that batch. The slices are input, not state: on the device in their own
+    dtype and passed to the step with its state, but not among the variables that checkpoints save."""
+    images, labels = synthetic(5, 40)
+    data = make_data(images, labels, LossConfig(border_weight=True))  # weight maps travel too
+    t = dataclasses.replace(tiny_cfg.train, batch_size=4, seed=7)
+    trainer = make_trainer(dataclasses.replace(tiny_cfg, train=t), data)
+    on_device = trainer.slices.variables()
+    assert [v.dtype for v in on_device] == ["uint8", "uint8", "float32"]
+    assert not {id(v) for v in on_device} & {id(v) for v in trainer.variables}
+    assert {id(v) for v in on_device} <= {id(v) for v in trainer.non_trainable_variables}
+    tile, out, step = trainer.tile, trainer.out, 13
+    rng = np.random.default_rng([7, step])  # the reference: what the host once gathered and sent each step
+    idx = rng.integers(0, 5, size=4)
+    ref = {"image": data.images[idx], "label": data.labels[idx], "weight": data.weights[idx]}
+    ref |= draw_params(rng, 4, t.augment, (40, 40), tile, out)
+    expected = [
+        ops.convert_to_numpy(a) for a in augment({k: ops.convert_to_tensor(v) for k, v in ref.items()}, tile, out)
+    ]
+    assert (expected[2] != 1).any()  # border weights are exercised
+    np.testing.assert_array_equal(draw_step(t, step, 5, (40, 40), tile, out)["index"], idx)
+    for rank in (0, 1):
+        (params,) = next(batches(data, t, step, tile, out, rank=rank, world=2))
+        assert set(params) == {"index", "center", "dihedral", "grid", "brightness", "contrast"}  # no pixels
+        got = trainer.tiles({k: ops.convert_to_tensor(v) for k, v in params.items()})
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(ops.convert_to_numpy(a), b[2 * rank : 2 * rank + 2])
+
+
 def _weights(path):
     return [w for w in keras.saving.load_model(path, compile=False).get_weights()]
 
@@ -48,6 +81,8 @@ def test_short_run_writes_model_metrics_and_checkpoints(tiny_cfg, data, tmp_path
     assert metrics["step"] == 20 and np.isfinite(metrics["loss"]) and 0 < metrics["soft_dice"] <= 1
     assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 20
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000010", "step-00000020"]
+    with np.load(tmp_path / "checkpoints" / "step-00000020" / "state.npz") as state:
+        assert all(state[k].shape != data.images.shape for k in state.files)  # the slices are not state
     assert (tmp_path / "plots" / "metrics" / "loss.tsv").read_text().count("\n") == 5  # header + 4 epochs
     model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     assert model.output_shape == (None, 52, 52, 2)
@@ -104,7 +139,7 @@ def test_mixed_float16_trains_with_loss_scaling(tiny_cfg, data, tmp_path):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         cfg = dataclasses.replace(tiny_cfg, runtime=dataclasses.replace(tiny_cfg.runtime, precision="mixed_float16"))
-        trainer = make_trainer(cfg)
+        trainer = make_trainer(cfg, data)
         assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
         metrics = train(cfg, data, tmp_path)
     finally:
@@ -116,7 +151,7 @@ def test_step_compiles_with_xla(tiny_cfg, data, tmp_path):
     """Every op of the step (augmentation included) must lower to XLA: the GPU recipe runs with jit_compile."""
     t = dataclasses.replace(tiny_cfg.train, max_steps=5, checkpoint_every=5)
     cfg = dataclasses.replace(tiny_cfg, train=t, runtime=dataclasses.replace(tiny_cfg.runtime, xla=True))
-    assert make_trainer(cfg).jit_compile is True
+    assert make_trainer(cfg, data).jit_compile is True
     assert np.isfinite(train(cfg, data, tmp_path)["loss"])
 
 

@@ -7,7 +7,8 @@ that leave the slice are mirrored back (edge pixel repeated, as ``unet.tiling`` 
 overlap-tile padding. Images are sampled bilinearly, labels and weights nearest-neighbour, so the label
 stays aligned with the image. The random parameters are drawn on the host from
 ``numpy.random.default_rng([seed, step])`` (a few numbers a sample, so a resumed run draws exactly the
-same); the per-pixel work runs inside the training step.
+same); the per-pixel work runs inside the training step. Only the sampled pixels are converted to float32,
+so the whole slices stay in their own dtype (uint8 images and labels) on the device.
 """
 
 from __future__ import annotations
@@ -102,26 +103,36 @@ def sample_coords(params: dict[str, Any], tile: int, slice_hw: tuple[int, int]) 
 
 
 def _gather(flat: Any, y: Any, x: Any, width: int) -> Any:
-    """``flat`` (B, H*W); integer-valued float coordinates (B, h, w) -> values (B, h, w)."""
+    """``flat`` (B, H*W) of any dtype; integer-valued float coordinates (B, h, w) -> float32 values (B, h, w).
+
+    The cast follows the gather, so only the sampled pixels are converted, never whole slices.
+    """
     idx = ops.cast(y, "int32") * width + ops.cast(x, "int32")
     shape = ops.shape(y)
-    return ops.reshape(ops.take_along_axis(flat, ops.reshape(idx, (shape[0], -1)), axis=1), shape)
+    values = ops.take_along_axis(flat, ops.reshape(idx, (shape[0], -1)), axis=1)
+    return ops.reshape(ops.cast(values, "float32"), shape)
 
 
 def bilinear(stack: Any, y: Any, x: Any) -> Any:
-    """Sample ``stack`` (B, H, W) at float coordinates (B, h, w), bilinearly."""
+    """Sample ``stack`` (B, H, W) at float coordinates (B, h, w), bilinearly; uint8 is scaled to [0, 1]."""
     h, w = stack.shape[1], stack.shape[2]
     flat = ops.reshape(stack, (ops.shape(stack)[0], h * w))
+    grey = keras.backend.standardize_dtype(stack.dtype) == "uint8"
+
+    def at(yy: Any, xx: Any) -> Any:
+        v = _gather(flat, yy, xx, w)
+        return v / 255.0 if grey else v  # each pixel scaled before blending, as when the whole slice was
+
     y0, x0 = ops.floor(y), ops.floor(x)
     wy, wx = y - y0, x - x0
     y1, x1 = ops.minimum(y0 + 1, h - 1), ops.minimum(x0 + 1, w - 1)
-    top = _gather(flat, y0, x0, w) * (1 - wx) + _gather(flat, y0, x1, w) * wx
-    bottom = _gather(flat, y1, x0, w) * (1 - wx) + _gather(flat, y1, x1, w) * wx
+    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
+    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
     return top * (1 - wy) + bottom * wy
 
 
 def nearest(stack: Any, y: Any, x: Any) -> Any:
-    """Sample ``stack`` (B, H, W) at float coordinates (B, h, w), nearest-neighbour."""
+    """Sample ``stack`` (B, H, W) at float coordinates (B, h, w), nearest-neighbour, as float32 (unscaled)."""
     h, w = stack.shape[1], stack.shape[2]
     return _gather(ops.reshape(stack, (ops.shape(stack)[0], h * w)), ops.round(y), ops.round(x), w)
 
@@ -138,17 +149,14 @@ def augment(batch: dict[str, Any], tile: int, out: int) -> tuple[Any, Any, Any]:
         image tile (B, tile, tile, 1) float32 in [0, 1], label tile (B, out, out) float32, weight tile
         (B, out, out) float32 (ones when ``weight`` is absent).
     """
-    image = ops.cast(batch["image"], "float32")
-    if keras.backend.standardize_dtype(batch["image"].dtype) == "uint8":
-        image = image / 255.0
-    hw = (image.shape[1], image.shape[2])
+    hw = (batch["image"].shape[1], batch["image"].shape[2])
     y, x = sample_coords(batch, tile, hw)
-    img = bilinear(image, y, x)
+    img = bilinear(batch["image"], y, x)
     mid = ops.mean(img, axis=(1, 2), keepdims=True)
     img = (img - mid) * (1 + batch["contrast"][:, None, None]) + mid + batch["brightness"][:, None, None]
     img = ops.clip(img, 0.0, 1.0)
     m = (tile - out) // 2
     yc, xc = y[:, m : m + out, m : m + out], x[:, m : m + out, m : m + out]
-    label = nearest(ops.cast(batch["label"], "float32"), yc, xc)
-    weight = nearest(ops.cast(batch["weight"], "float32"), yc, xc) if "weight" in batch else ops.ones_like(label)
+    label = nearest(batch["label"], yc, xc)
+    weight = nearest(batch["weight"], yc, xc) if "weight" in batch else ops.ones_like(label)
     return img[..., None], label, weight

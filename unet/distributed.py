@@ -178,7 +178,7 @@ def horovod_train_step(model: keras.Model, data: Any, xla: bool) -> dict[str, An
         model._hvd_grads = tf.function(loss_and_grads, jit_compile=xla, reduce_retracing=True)
     loss, y_pred, grads = model._hvd_grads(x)
     grads = _HVD.grouped_allreduce(grads, op=_HVD.Average)  # one fused allreduce for all gradients
-    model._loss_tracker.update_state(loss, sample_weight=tf.shape(x["image"])[0])
+    model._loss_tracker.update_state(loss, sample_weight=tf.shape(x["index"])[0])
     model.optimizer.apply_gradients(zip(grads, model.trainable_weights, strict=True))
     return model.compute_metrics(x, None, y_pred)
 

@@ -1,12 +1,15 @@
 """Steps-based training of one fold: on-device augmentation inside the step, Adam with warm-up, exact resume.
 
 ``train(cfg, data, workdir)`` wraps ``compile`` + ``fit``. The model that ``fit`` sees is a
-:class:`Trainer`: it augments a batch of whole slices into tiles, runs the U-Net, and hands the
-augmented labels to the loss, so all per-pixel work runs inside the (XLA-compiled) step.
+:class:`Trainer`: it holds the fold's slices on the device, and each step, from the slice indices and
+augmentation parameters that the host draws (a few numbers a sample), it cuts the batch's augmented tiles,
+runs the U-Net, and hands the augmented labels to the loss, so all per-pixel work runs inside the
+(XLA-compiled) step.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import sys
@@ -30,6 +33,7 @@ from unet.losses import SegmentationLoss, SoftDice, border_weights
 from unet.model import build_unet
 
 log = logging.getLogger(__name__)
+Params = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -54,27 +58,30 @@ def make_data(images: np.ndarray, labels: np.ndarray, loss: LossConfig) -> Slice
     return SliceData(images, labels, weights, intensity)
 
 
+def draw_step(cfg: TrainConfig, step: int, n_slices: int, slice_hw: tuple[int, int], tile: int, out: int) -> Params:
+    """The random parameters of global batch ``step``: slice ``index`` (int32) and those of :func:`draw_params`.
+
+    They depend only on (seed, step), so a resumed run draws exactly the same and any number of processes
+    trains on the same samples.
+    """
+    rng = np.random.default_rng([cfg.seed, step])
+    index = rng.integers(0, n_slices, size=cfg.batch_size).astype(np.int32)
+    return {"index": index, **draw_params(rng, cfg.batch_size, cfg.augment, slice_hw, tile, out)}
+
+
 def batches(
     data: SliceData, cfg: TrainConfig, start: int, tile: int, out: int, rank: int = 0, world: int = 1
-) -> Iterator[tuple[dict[str, np.ndarray]]]:
-    """Yield this process's share of each global batch from step ``start`` on.
-
-    Global batch ``s`` depends only on (seed, s); process ``rank`` of ``world`` takes the ``rank``-th equal
-    slice of it, so any number of processes trains on exactly the same samples.
+) -> Iterator[tuple[Params]]:
+    """Yield this process's share of each global batch's parameters from step ``start`` on: the ``rank``-th
+    of ``world`` equal slices of :func:`draw_step`. A few numbers a sample cross to the device a step; the
+    slices themselves are already there (:class:`Trainer`).
     """
-    step, per = start, cfg.batch_size // world
+    per = cfg.batch_size // world
+    mine = slice(rank * per, (rank + 1) * per)
     hw = (data.images.shape[1], data.images.shape[2])
-    while True:
-        rng = np.random.default_rng([cfg.seed, step])
-        idx = rng.integers(0, len(data.images), size=cfg.batch_size)
-        params = draw_params(rng, cfg.batch_size, cfg.augment, hw, tile, out)
-        mine = slice(rank * per, (rank + 1) * per)
-        batch = {"image": data.images[idx[mine]], "label": data.labels[idx[mine]]}
-        batch |= {k: v[mine] for k, v in params.items()}
-        if data.weights is not None:
-            batch["weight"] = data.weights[idx[mine]]
-        yield (batch,)  # Keras reads a 1-tuple as (x,)
-        step += 1
+    for step in itertools.count(start):
+        params = draw_step(cfg, step, len(data.images), hw, tile, out)
+        yield ({k: v[mine] for k, v in params.items()},)  # Keras reads a 1-tuple as (x,)
 
 
 @keras.saving.register_keras_serializable(package="unet")
@@ -95,17 +102,62 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"lr": self.lr, "warmup": self.warmup, "total": self.total, "kind": self.kind}
 
 
-class Trainer(keras.Model):
-    """Wraps the U-Net for ``fit``: input is a batch of whole slices plus augmentation parameters."""
+@dataclass(frozen=True)
+class DeviceSlices:
+    """The training slices as device variables (a plain holder: Keras does not track it as model state)."""
 
-    def __init__(self, unet: keras.Model, **kwargs: Any):
-        # float32 here keeps the slices and augmentation parameters in float32 under mixed precision;
-        # the U-Net's layers carry their own (mixed) policy
+    image: Any
+    label: Any
+    weight: Any | None = None
+
+    @classmethod
+    def place(cls, data: SliceData) -> DeviceSlices:
+        """Copy ``data`` to the default device once, each array in its own dtype."""
+
+        def var(name: str, array: np.ndarray) -> Any:
+            return keras.Variable(array, dtype=array.dtype.name, trainable=False, autocast=False, name=name)
+
+        weight = var("slice_weights", data.weights) if data.weights is not None else None
+        return cls(var("slice_images", data.images), var("slice_labels", data.labels), weight)
+
+    def variables(self) -> list[Any]:
+        return [v for v in (self.image, self.label, self.weight) if v is not None]
+
+    def take(self, index: Any) -> dict[str, Any]:
+        """Whole slices ``index`` (B,) -> ``image``, ``label`` (and ``weight``), each (B, H, W), on the device."""
+        names = ("image", "label", "weight")
+        return {n: ops.take(getattr(self, n), index, axis=0) for n in names if getattr(self, n) is not None}
+
+
+class Trainer(keras.Model):
+    """Wraps the U-Net for ``fit``. It holds the fold's training slices on the device; each step's input is a
+    batch's slice indices and augmentation parameters (:func:`batches`), from which it cuts the batch there.
+
+    The slices are copied to the device once, when the trainer is built, in their own dtype: uint8 images and
+    labels take 1 byte a pixel each (ISBI's 24 training slices of 512 x 512: 6.3 MB of images, as much of
+    labels), border weights 4 bytes (float32), non-uint8 images 4 (float32); a step adds its batch's B whole
+    slices (gathered, still uint8) and the tiles. Every data-parallel replica (Horovod rank, JAX device) holds a
+    whole copy. They are input, not state: ``variables``, checkpoints and Horovod's broadcast leave them out.
+    TensorFlow has no GPU gather kernel for uint8, so on a GPU keep ``runtime.xla`` on (the default: XLA
+    compiles the gather) or TensorFlow gathers on the host.
+    """
+
+    def __init__(self, unet: keras.Model, data: SliceData, **kwargs: Any):
+        # float32 here keeps the augmentation parameters in float32 under mixed precision; the U-Net's layers
+        # carry their own (mixed) policy
         super().__init__(dtype="float32", **kwargs)
         self.unet = unet
         self.tile = int(unet.input_shape[1])
         self.out = int(unet.output_shape[1])
         self.xla_gradients = False
+        self.slices = DeviceSlices.place(data)
+
+    @property
+    def non_trainable_variables(self) -> list[Any]:
+        # the slices travel with the step's state, so the JAX trainer passes them to the compiled step as
+        # arguments (an array the step closed over would be embedded in the program as a constant);
+        # TensorFlow's step captures the variables by reference either way
+        return [*super().non_trainable_variables, *self.slices.variables()]
 
     def train_step(self, *args: Any) -> Any:
         # (data) on TensorFlow, (state, data) on JAX; Horovod (TensorFlow only) averages gradients across
@@ -114,8 +166,12 @@ class Trainer(keras.Model):
             return distributed.horovod_train_step(self, args[-1], xla=self.xla_gradients)
         return super().train_step(*args)
 
-    def call(self, batch: dict[str, Any], training: bool = False) -> tuple[Any, Any]:
-        image, label, weight = augment(batch, self.tile, self.out)
+    def tiles(self, params: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """The batch that ``params`` (one step's input) draws: image, label and weight tiles (:func:`augment`)."""
+        return augment({**params, **self.slices.take(params["index"])}, self.tile, self.out)
+
+    def call(self, params: dict[str, Any], training: bool = False) -> tuple[Any, Any]:
+        image, label, weight = self.tiles(params)
         return self.unet(image, training=training), ops.stack([label, weight], axis=-1)
 
     def compute_loss(
@@ -129,11 +185,11 @@ class Trainer(keras.Model):
         return super().compute_metrics(x, target, logits, sample_weight)
 
 
-def make_trainer(cfg: Config) -> Trainer:
-    """Build and compile the trainer (the optimizer is built too, so a checkpoint can be restored)."""
+def make_trainer(cfg: Config, data: SliceData) -> Trainer:
+    """Build and compile the trainer on ``data`` (the optimizer is built too, so a checkpoint can be restored)."""
     t = cfg.train
     keras.utils.set_random_seed(t.seed)  # the initial weights depend on the seed alone
-    trainer = Trainer(build_unet(t.model))
+    trainer = Trainer(build_unet(t.model), data)
     _, lr, steps = distributed.per_replica(t)
     opt = keras.optimizers.Adam(
         WarmupSchedule(lr, t.warmup_steps, steps, t.schedule),
@@ -196,11 +252,11 @@ class _Monitor(keras.callbacks.Callback):
             checkpoint.save(self.checkpoints, self.step, self.model, meta, t.keep_checkpoints)
 
 
-def _resume(cfg: Config, checkpoints: str, key: str) -> tuple[Trainer, int, dict[str, float]]:
+def _resume(cfg: Config, data: SliceData, checkpoints: str, key: str) -> tuple[Trainer, int, dict[str, float]]:
     """A trainer restored from the newest checkpoint written with the same fingerprint ``key``, its step and
     the metrics logged at that step; a fresh trainer, step 0 and no metrics when there is none (or it does not
     fit: resume state never crashes a run)."""
-    trainer = make_trainer(cfg)
+    trainer = make_trainer(cfg, data)
     found = checkpoint.latest(checkpoints, key)
     if not found:
         if checkpoint.exists(checkpoints):
@@ -210,7 +266,7 @@ def _resume(cfg: Config, checkpoints: str, key: str) -> tuple[Trainer, int, dict
         checkpoint.restore(found[0], trainer)
     except ValueError as exc:
         log.info("%s: cannot resume (%s): starting afresh", found[0], exc)
-        return make_trainer(cfg), 0, {}
+        return make_trainer(cfg, data), 0, {}
     log.info("resuming from %s (step %d of %d)", found[0], found[1]["step"], cfg.train.max_steps)
     return trainer, int(found[1]["step"]), dict(found[1].get("metrics", {}))
 
@@ -241,7 +297,7 @@ def train(
     distributed.check_same(key, "training slices or params")
     ckpt_dir = checkpoint.location(checkpoints or workdir / "checkpoints", shared_checkpoints, key)
     chief = distributed.is_chief()
-    trainer, start, last = _resume(cfg, ckpt_dir, key) if chief else (make_trainer(cfg), 0, {})
+    trainer, start, last = _resume(cfg, data, ckpt_dir, key) if chief else (make_trainer(cfg, data), 0, {})
     start = distributed.broadcast_state(trainer, start)
     out = output_size(t.model.tile, t.model.depth) or 0
     live = Live(str(workdir), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) if chief else None
