@@ -124,11 +124,7 @@ def read_stack(path: str | Path, *, name: str | None = None) -> np.ndarray:
 
 def _read_file(path: Path, label: str) -> np.ndarray:
     """Decode one TIFF (any page count) or PNG file to a checked ``(N, H, W)`` array."""
-    if not path.is_file():
-        raise DataError(f"{label}: no such file")
-    try:
-        if path.stat().st_size == 0:
-            raise DataError(f"{label}: empty file")
+    with _decoding(path, label):
         if path.suffix.lower() == ".png":
             from PIL import Image
 
@@ -136,6 +132,26 @@ def _read_file(path: Path, label: str) -> np.ndarray:
                 arr = np.asarray(img)
         else:
             arr = tifffile.imread(path)
+    return check_stack(arr, label)
+
+
+@contextlib.contextmanager
+def _open_tiff(path: Path, label: str) -> Iterator[tifffile.TiffFile]:
+    with _decoding(path, label):
+        tif = tifffile.TiffFile(path)
+    with tif:
+        yield tif
+
+
+@contextlib.contextmanager
+def _decoding(path: Path, label: str) -> Iterator[None]:
+    """A missing or empty file, and whatever the decoder raises inside, as a one-line :class:`DataError`."""
+    if not path.is_file():
+        raise DataError(f"{label}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{label}: empty file")
+    try:
+        yield
     except DataError:
         raise
     except tifffile.TiffFileError as exc:
@@ -143,23 +159,6 @@ def _read_file(path: Path, label: str) -> np.ndarray:
     except (ValueError, OSError, IndexError, KeyError, SyntaxError) as exc:
         kind = "PNG" if path.suffix.lower() == ".png" else "TIFF"
         raise DataError(f"{label}: unreadable or truncated {kind} ({_first_line(exc)})") from exc
-    return check_stack(arr, label)
-
-
-@contextlib.contextmanager
-def _open_tiff(path: Path, label: str) -> Iterator[tifffile.TiffFile]:
-    if not path.is_file():
-        raise DataError(f"{label}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{label}: empty file")
-    try:
-        tif = tifffile.TiffFile(path)
-    except tifffile.TiffFileError as exc:
-        raise DataError(f"{label}: not a TIFF file ({_first_line(exc)})") from exc
-    except (ValueError, OSError, IndexError, KeyError) as exc:
-        raise DataError(f"{label}: unreadable or truncated TIFF ({_first_line(exc)})") from exc
-    with tif:
-        yield tif
 
 
 def check_stack(arr: np.ndarray, label: str) -> np.ndarray:
