@@ -51,6 +51,22 @@ TINY = {
 }
 
 
+# The tiny net of TINY as `dvc exp run -S` overrides, for tests that run stages in a clone
+TINY_NET = {
+    "train.model.base_filters": 4,
+    "train.model.depth": 3,
+    "train.model.tile": 92,
+    "train.model.dropout": 0.0,
+    "train.batch_size": 2,
+    "train.warmup_steps": 2,
+    "evaluate.batch_size": 4,
+    "runtime.precision": "float32",
+    "runtime.xla": False,
+    "runtime.tf32": False,
+    "runtime.gpus": 0,
+}
+
+
 @pytest.fixture
 def tiny_cfg() -> Config:
     return from_dict(Config, TINY)

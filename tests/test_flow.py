@@ -23,6 +23,7 @@ import yaml
 
 from unet.presets import apply, overrides
 
+from .conftest import TINY_NET
 from .test_pipeline import BIN, git_env, make_repo, run
 
 
@@ -82,6 +83,17 @@ def _get(url: str) -> object:
         return json.loads(r.read())
 
 
+def server_env(tmp_path: Path, api: str, isbi: Path, **extra: str) -> dict[str, str]:
+    """The environment of a Prefect server on 127.0.0.1 and its clients: a home of their own, the ISBI data."""
+    return git_env(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_API_URL=api,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        ISBI_DATA_DIR=str(isbi),
+        **extra,
+    )
+
+
 def _post(url: str, body: dict) -> object:
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
@@ -93,12 +105,7 @@ def test_deployment_runs_on_a_process_worker_against_a_real_server(isbi, tmp_pat
     repo = make_repo(tmp_path / "repo")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = git_env(
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        PREFECT_API_URL=api,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        ISBI_DATA_DIR=str(isbi),
-    )
+    env = server_env(tmp_path, api, isbi)
     server = subprocess.Popen(
         ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
@@ -155,22 +162,12 @@ def test_deployment_runs_on_a_process_worker_against_a_real_server(isbi, tmp_pat
 # Fold-parallel on this CPU machine: 3 folds on 2 granted "GPUs" (ids only; the CPU runs them), one Keras
 # step per epoch so every step prints a line, enough steps that training outlives the log's trip to the API
 FOLD_PARALLEL = {
+    **TINY_NET,
     "split.folds": [0, 1, 2],
-    "train.model.base_filters": 4,
-    "train.model.depth": 3,
-    "train.model.tile": 92,
-    "train.model.dropout": 0.0,
-    "train.batch_size": 2,
     "train.max_steps": 30,
     "train.steps_per_epoch": 1,
     "train.checkpoint_every": 30,
-    "train.warmup_steps": 2,
-    "evaluate.batch_size": 4,
     "evaluate.overlays": 1,
-    "runtime.precision": "float32",
-    "runtime.xla": False,
-    "runtime.tf32": False,
-    "runtime.gpus": 0,
     "runtime.parallel": "fold",
 }
 DVC_SHIM = """#!/bin/sh

@@ -17,7 +17,8 @@ import yaml
 from unet.presets import apply, overrides
 from unet.workers import adopt, changed, experiment_ref, fold_inputs, shareable_head, uncached_outs
 
-from .test_flow import _free_port, _get, _post
+from .conftest import TINY_NET
+from .test_flow import _free_port, _get, _post, server_env
 from .test_pipeline import git_env, make_repo
 
 FIT = """\
@@ -118,21 +119,7 @@ def test_a_stage_run_in_another_clone_joins_this_dvc_lock(tmp_path, monkeypatch)
         shareable_head(parent, "fit")
 
 
-TINY_PARAMS = {
-    "train.model.base_filters": 4,
-    "train.model.depth": 3,
-    "train.model.tile": 92,
-    "train.model.dropout": 0.0,
-    "train.batch_size": 2,
-    "train.warmup_steps": 2,
-    "evaluate.batch_size": 4,
-    "evaluate.overlays": 1,
-    "runtime.precision": "float32",
-    "runtime.xla": False,
-    "runtime.tf32": False,
-    "runtime.gpus": 0,
-    "split.folds": [0, 1],
-}
+TINY_PARAMS = {**TINY_NET, "evaluate.overlays": 1, "split.folds": [0, 1]}
 
 
 # A .keras file differs between any two saves: its metadata.json holds the save time and its config.json a
@@ -158,13 +145,7 @@ def test_folds_on_two_workers_end_with_the_dvc_lock_of_one_machine(isbi, tmp_pat
     parent, one = clones["parent"], clones["one-machine"]
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = git_env(
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        PREFECT_API_URL=api,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_WORKER_QUERY_SECONDS="2",
-        ISBI_DATA_DIR=str(isbi),
-    )
+    env = server_env(tmp_path, api, isbi, PREFECT_WORKER_QUERY_SECONDS="2")
     env.pop("UNET_CLONE", None)
     # the same run on one machine, meanwhile: the flow's experiment params, then dvc repro up to evaluate
     apply(one / "params.yaml", overrides(steps=10))
