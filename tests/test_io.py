@@ -57,3 +57,13 @@ def test_bad_slice_directories_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match=r"broken/slice_1.png: unreadable or truncated PNG") as err:
         read_stack(tmp_path / "broken")
     assert "\n" not in str(err.value)
+
+
+def test_a_single_png_is_a_one_slice_stack(tmp_path):
+    page = (np.arange(6 * 10).reshape(6, 10) * 4).astype(np.uint8)
+    Image.fromarray(page).save(tmp_path / "one.png")
+    info = stack_info(tmp_path / "one.png")
+    assert (info.slices, info.height, info.width, info.dtype) == (1, 6, 10, np.uint8)
+    [only] = list(iter_slices(tmp_path / "one.png"))
+    np.testing.assert_array_equal(only, page)
+    np.testing.assert_array_equal(read_stack(tmp_path / "one.png"), page[None])

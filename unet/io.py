@@ -62,13 +62,17 @@ class StackInfo:
 
 
 def stack_info(path: str | Path, *, name: str | None = None) -> StackInfo:
-    """Slice count, slice size and dtype of a stack (TIFF or slice directory) without decoding it."""
+    """Slice count, slice size and dtype of a stack (TIFF, slice directory or one PNG) without decoding
+    more than one slice."""
     path = Path(path)
     label = name or str(path)
     if path.is_dir():
         files = slice_files(path, name=label)
         first = _read_file(files[0], f"{label}/{files[0].name}")
         return StackInfo(len(files), first.shape[1], first.shape[2], first.dtype)
+    if _is_png(path):
+        one = _read_file(path, label)
+        return StackInfo(1, one.shape[1], one.shape[2], one.dtype)
     with _open_tiff(path, label) as tif:
         series = tif.series[0]
         shape = tuple(int(n) for n in series.shape)
@@ -99,6 +103,9 @@ def iter_slices(path: str | Path, *, name: str | None = None) -> Iterator[np.nda
                 )
             yield arr[0]
         return
+    if _is_png(path):
+        yield _read_file(path, label)[0]
+        return
     with _open_tiff(path, label) as tif:
         for i in range(info.slices):
             try:
@@ -125,7 +132,7 @@ def read_stack(path: str | Path, *, name: str | None = None) -> np.ndarray:
 def _read_file(path: Path, label: str) -> np.ndarray:
     """Decode one TIFF (any page count) or PNG file to a checked ``(N, H, W)`` array."""
     with _decoding(path, label):
-        if path.suffix.lower() == ".png":
+        if _is_png(path):
             from PIL import Image
 
             with Image.open(path) as img:
@@ -143,6 +150,10 @@ def _open_tiff(path: Path, label: str) -> Iterator[tifffile.TiffFile]:
         yield tif
 
 
+def _is_png(path: Path) -> bool:
+    return path.suffix.lower() == ".png"
+
+
 @contextlib.contextmanager
 def _decoding(path: Path, label: str) -> Iterator[None]:
     """A missing or empty file, and whatever the decoder raises inside, as a one-line :class:`DataError`."""
@@ -157,7 +168,7 @@ def _decoding(path: Path, label: str) -> Iterator[None]:
     except tifffile.TiffFileError as exc:
         raise DataError(f"{label}: not a TIFF file ({_first_line(exc)})") from exc
     except (ValueError, OSError, IndexError, KeyError, SyntaxError) as exc:
-        kind = "PNG" if path.suffix.lower() == ".png" else "TIFF"
+        kind = "PNG" if _is_png(path) else "TIFF"
         raise DataError(f"{label}: unreadable or truncated {kind} ({_first_line(exc)})") from exc
 
 

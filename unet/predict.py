@@ -21,7 +21,7 @@ import tifffile
 
 from unet.export import ensemble
 from unet.intensity import UINT8, intensities, with_intensity
-from unet.io import DataError, StackInfo, atomic_path, iter_slices, read_stack, stack_info
+from unet.io import DataError, StackInfo, atomic_path, iter_slices, stack_info
 from unet.tiling import iter_predictions
 
 log = logging.getLogger(__name__)
@@ -120,11 +120,7 @@ def predict_file(
     src, dest = Path(src), Path(dest)
     if dest.suffix.lower() not in (".tif", ".tiff"):
         raise DataError(f"{dest}: output must be a .tif/.tiff file")
-    if src.is_file() and src.suffix.lower() == ".png":
-        one = read_stack(src)
-        info, slices = StackInfo(1, one.shape[1], one.shape[2], one.dtype), iter(one)
-    else:
-        info, slices = stack_info(src), iter_slices(src)
+    info, slices = stack_info(src), iter_slices(src)
     model = ensemble([load_model(p, info.dtype) for p in models])
     out_dtype = np.dtype(np.uint8 if threshold is not None else np.float32)
     bigtiff = needs_bigtiff(info, out_dtype)
