@@ -30,6 +30,7 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
     labels = to_binary(read_stack(raw / cfg.download.labels))
     folds = json.loads(Path(args.folds).read_text())["folds"]
     models = Path(args.models)
+    Path(args.overlays).mkdir(parents=True, exist_ok=True)  # a declared output, empty with evaluate.overlays: 0
     per_fold, rows = {}, []
     for k, fold in enumerate(folds):
         path = models / f"fold{k}" / "model.keras"
