@@ -8,24 +8,34 @@ The machines share the Prefect server, the git remote and the DVC remote, nothin
 the worker as flow parameters; the fold's inputs (``data/raw``, ``data/folds.json``) through the DVC remote.
 The worker records its run as a DVC experiment and ``dvc exp push``es it: the ``dvc.lock`` entry and the
 ``cache: false`` outputs in its git commit, the model through the DVC remote (see ``unet.workers``).
+
+A worker that dies (its machine lost, its process killed) stops the heartbeats of its fold run (the deployment
+sets ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); the automation ``lost_run_automation`` keeps on the server marks
+such a run Crashed, and the parent starts the fold again on the first free worker, which resumes from the
+fold's last checkpoint when the workers share a checkpoint location (``$UNET_CHECKPOINTS``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.deployments import run_deployment
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.futures import wait
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from flows.pipeline import _run
 from unet.presets import experiment_env
@@ -33,6 +43,9 @@ from unet.workers import adopt, changed, experiment_ref, fold_inputs, shareable_
 
 DEPLOYMENT = "unet/fold"
 REMOTE = "origin"  # the git remote every clone shares
+LOST_AFTER_S = 90  # a fold run without a heartbeat this long has lost its worker ($UNET_LOST_AFTER_S)
+RETRIES = 2  # times a fold whose worker was lost is started again
+FINAL = ("Completed", "Failed", "Cancelled", "Crashed")
 
 
 def workspace(path: str) -> str:
@@ -128,9 +141,65 @@ def push_inputs(repo: str, stage: str) -> None:
     _run(["dvc", "push", *fold_inputs(repo, stage)], repo)
 
 
-@task(task_run_name="{stage} on a worker")
+class WorkerLost(RuntimeError):
+    """A fold's flow run crashed: its worker died or went silent. Worth starting again, elsewhere."""
+
+
+def lost_run_automation(deployment_id: str, after_s: float) -> AutomationCore:
+    """Prefect's zombie-run automation, for this deployment's runs: a run whose heartbeats stop for
+    ``after_s`` seconds, with no final state either, is marked Crashed."""
+    return AutomationCore(
+        name=f"{DEPLOYMENT}: lost runs crash",
+        description=f"Marks a {DEPLOYMENT} flow run Crashed when its worker has sent no heartbeat for {after_s:g} s",
+        enabled=True,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in FINAL)},
+            match={"prefect.resource.id": "prefect.flow-run.*"},  # type: ignore[arg-type]
+            match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},  # type: ignore[arg-type]
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=after_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED, name=None, message=f"no heartbeat for {after_s:g} s: worker lost", force=False
+            )
+        ],
+    )
+
+
+@task
+def watch_for_lost_runs() -> None:
+    """Create (or bring up to date) the server's automation that marks fold runs of lost workers Crashed."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(DEPLOYMENT)
+        want = lost_run_automation(str(deployment.id), float(os.environ.get("UNET_LOST_AFTER_S", LOST_AFTER_S)))
+        have = client.read_automations_by_name(want.name)
+        if any(a.trigger == want.trigger and a.actions == want.actions and a.enabled for a in have):
+            return
+        for old in have:
+            client.delete_automation(old.id)
+        client.create_automation(want)
+    get_run_logger().info("automation '%s': %s", want.name, want.description)
+
+
+def _lost(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry ``train_remotely`` only when the worker was lost; a fold that failed would fail again."""
+    try:
+        state.result()
+    except WorkerLost:
+        return True
+    except Exception:  # any other failure is final
+        return False
+    return False
+
+
+@task(task_run_name="{stage} on a worker", retries=RETRIES, retry_condition_fn=_lost)
 def train_remotely(stage: str, parameters: dict[str, Any]) -> None:
-    """One flow run of ``unet/fold``, waited for; raises naming the fold and the flow run unless it completed."""
+    """One flow run of ``unet/fold``, waited for; raises naming the fold and the flow run unless it completed
+    (``WorkerLost`` when it crashed, and then it is retried: a new flow run, for the first free worker)."""
     log = get_run_logger()
     log.info("%s: flow run '%s' of %s, for the first free worker of its pool", stage, parameters["name"], DEPLOYMENT)
     run = run_deployment(DEPLOYMENT, parameters=parameters, flow_run_name=parameters["name"])
@@ -138,7 +207,8 @@ def train_remotely(stage: str, parameters: dict[str, Any]) -> None:
     state = run.state
     if state is None or not state.is_completed():
         what = f"{state.name}: {state.message}" if state else "no state"
-        raise RuntimeError(f"{stage}: flow run '{run.name}' ({run.id}) of {DEPLOYMENT} ended {what}")
+        error = WorkerLost if state is not None and state.is_crashed() else RuntimeError
+        raise error(f"{stage}: flow run '{run.name}' ({run.id}) of {DEPLOYMENT} ended {what}")
     log.info("%s: flow run '%s' completed", stage, run.name)
 
 
@@ -161,6 +231,7 @@ def train_on_workers(repo: str, folds: Sequence[int], experiment: str) -> None:
     if not stages:
         return
     rev = shareable_head(repo, stages[0], REMOTE)
+    watch_for_lost_runs()
     push_inputs(repo, stages[0])
     root, tag = Path(repo), (flow_run.get_id() or "local")[:8]
     shared = {"rev": rev, "params": (root / "params.yaml").read_text(), "lock": (root / "dvc.lock").read_text()}

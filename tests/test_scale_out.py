@@ -1,12 +1,16 @@
 """Beyond one machine: a fold whose worker is killed resumes on another worker (another clone of the project)
-from a shared checkpoint location, and ends bit-identical to an uninterrupted run."""
+from a shared checkpoint location, and ends bit-identical to an uninterrupted run: by hand (``dvc repro`` in
+the other clone), and as the pipeline flow does it (Prefect marks the lost worker's run Crashed, the parent
+starts the fold again, another worker resumes it)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +22,7 @@ import tifffile
 from unet.folds import kfold
 from unet.presets import apply
 
-from .conftest import synthetic
+from .conftest import TINY_NET, synthetic
 from .test_pipeline import git_env, make_repo
 
 # the tiny net of conftest.TINY, with the paper's drop-out (its RNG state travels in the checkpoint too)
@@ -102,3 +106,93 @@ def test_a_fold_killed_on_one_worker_resumes_on_another_to_the_same_weights(tmp_
     assert "resuming" not in straight.stderr and (a / "checkpoints" / "fold0" / "step-00000040").is_dir()
     for x, y in zip(weights(a), weights(b), strict=True):
         np.testing.assert_array_equal(x, y)  # bit-identical
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_prefect_starts_the_fold_of_a_lost_worker_again_on_another_which_resumes_it(isbi, tmp_path):
+    from .test_flow import _free_port, _post, server_env
+    from .test_workers import _lock, _start, _wait_for, _weights, sh
+
+    # the project (tiny net, 2 folds, a checkpoint every 20 of 200 steps) on a git remote and one DVC remote
+    src = make_repo(tmp_path / "src")
+    apply(src / "params.yaml", {**TINY_NET, "split.folds": [0, 1], "evaluate.overlays": 0} | STEPS)
+    sh(src, "git", "commit", "-qam", "tiny")
+    sh(tmp_path, "git", "clone", "-q", "--bare", str(src), str(tmp_path / "remote.git"))
+    clones = {}
+    for name in ("parent", "worker-a", "worker-b", "uninterrupted"):
+        clones[name] = tmp_path / name
+        sh(tmp_path, "git", "clone", "-q", str(tmp_path / "remote.git"), str(clones[name]))
+        sh(clones[name], "dvc", "remote", "modify", "--local", "local", "url", str(tmp_path / "dvc-remote"))
+    port, shared = _free_port(), tmp_path / "checkpoints"  # the location every worker reaches
+    api = f"http://127.0.0.1:{port}/api"
+    env = server_env(tmp_path, api, isbi, PREFECT_WORKER_QUERY_SECONDS="2", UNET_LOST_AFTER_S="45")
+    env = {k: v for k, v in env.items() if k not in ("UNET_CLONE", "UNET_CHECKPOINTS")}
+    # both folds trained without interruption, with local checkpoints, meanwhile
+    baseline = _start(["dvc", "repro", "train@0", "train@1"], clones["uninterrupted"], env, tmp_path / "uninterrupted")
+    procs = [_start(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path, env)]
+    workers = {}
+    try:
+        _wait_for(f"{api}/health")
+        sh(clones["parent"], "prefect", "work-pool", "create", "gpu", "--type", "process", env=env)
+        sh(clones["parent"], "prefect", "--no-prompt", "deploy", "--all", env=env)
+        flow = [sys.executable, "-m", "flows.pipeline", "--repo", str(clones["parent"]), "--no-push"]
+        parent = _start([*flow, "--folds-on", "workers"], clones["parent"], env, tmp_path / "parent")
+        procs.append(parent)
+        for name in ("worker-a", "worker-b"):  # worker A alone first: it takes a fold, and dies at its checkpoint
+            cmd = ["prefect", "worker", "start", "--pool", "gpu", "--work-queue", "folds", "--limit", "1"]
+            wenv = {**env, "UNET_CLONE": str(clones[name]), "UNET_CHECKPOINTS": str(shared)}
+            workers[name] = _start(cmd, clones[name], wenv, tmp_path / name)
+            procs.append(workers[name])
+            if name == "worker-a":
+                _wait_for_checkpoint(shared, workers[name], tmp_path / "worker-a.log")
+                _kill_tree(workers[name].pid)  # the machine is lost: the worker, its flow run, dvc, training
+        assert parent.wait(timeout=900) == 0, (tmp_path / "parent.log").read_text()[-4000:]
+        runs = _post(f"{api}/flow_runs/filter", {"deployments": {"name": {"any_": ["fold"]}}})
+    finally:
+        for p in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 15)
+            p.wait(timeout=60)
+        assert baseline.wait(timeout=900) == 0, (tmp_path / "uninterrupted.log").read_text()[-3000:]
+
+    # the lost worker's run was marked Crashed by the automation; its fold ran again, on worker B
+    states = sorted((r["name"], r["state"]["type"]) for r in runs)
+    (lost,) = [r for r in runs if r["state"]["type"] == "CRASHED"]
+    assert "no heartbeat for 45 s: worker lost" in lost["state"]["message"]
+    assert [s for s in states if s[0] == lost["name"]] == [(lost["name"], "COMPLETED"), (lost["name"], "CRASHED")]
+    assert sum(s == "COMPLETED" for _, s in states) == 2, states
+    log_b = (tmp_path / "worker-b.log").read_text()
+    resumed = log_b.split("resuming from ")[1].split()[0]
+    assert resumed.startswith(str(shared)) and "/step-" in resumed, resumed  # not from step 0
+    assert log_b.count("resuming from ") == 1  # the other fold, never started by A, trained from the start
+
+    # and the parent's dvc.lock and weights are those of the uninterrupted run
+    assert "up to date" in sh(clones["parent"], "dvc", "status", "train@0", "train@1")
+    straight = _lock(clones["uninterrupted"])
+    for k in (0, 1):
+        assert _lock(clones["parent"])[f"train@{k}"]["params"] == straight[f"train@{k}"]["params"]
+        fold = Path("models", "folds", f"fold{k}", "model.keras")
+        assert _weights(clones["parent"] / fold) == _weights(clones["uninterrupted"] / fold), k
+
+
+STEPS = {"train.max_steps": 200, "train.steps_per_epoch": 10, "train.checkpoint_every": 20}
+
+
+def _wait_for_checkpoint(shared: Path, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 600
+    while not list(shared.glob("*/step-*/meta.json")):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes:\n" + log.read_text()[-3000:]
+        time.sleep(0.02)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process under it, as a lost machine stops them (the worker starts each flow
+    run in a session of its own, so its process group is not enough)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for p in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
