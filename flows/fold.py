@@ -10,9 +10,10 @@ The worker records its run as a DVC experiment and ``dvc exp push``es it: the ``
 ``cache: false`` outputs in its git commit, the model through the DVC remote (see ``unet.workers``).
 
 A worker that dies (its machine lost, its process killed) stops the heartbeats of its fold run (the deployment
-sets ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); the automation ``lost_run_automation`` keeps on the server marks
-such a run Crashed, and the parent starts the fold again on the first free worker, which resumes from the
-fold's last checkpoint when the workers share a checkpoint location (``$UNET_CHECKPOINTS``).
+sets ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); an automation the parent keeps on the server
+(``lost_run_automation``) marks such a run Crashed, and the parent starts the fold again on the first free
+worker, which resumes from the fold's last checkpoint when the workers share a checkpoint location
+(``$UNET_CHECKPOINTS``).
 """
 
 from __future__ import annotations

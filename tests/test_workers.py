@@ -233,3 +233,17 @@ def _wait_for(url: str) -> None:
         except OSError:
             time.sleep(1)
     pytest.fail("prefect server did not start within 180 s")
+
+
+def test_only_a_fold_whose_worker_was_lost_is_started_again():
+    from prefect.states import Completed, Failed
+
+    from flows.fold import WorkerLost, _lost, lost_run_automation
+
+    assert _lost(None, None, Failed(data=WorkerLost("train@0: flow run 'x' ended Crashed")))  # type: ignore[arg-type]
+    assert not _lost(None, None, Failed(data=RuntimeError("train@0: flow run 'x' ended Failed")))  # type: ignore[arg-type]
+    assert not _lost(None, None, Completed())  # type: ignore[arg-type]
+    auto = lost_run_automation("d1", 90).model_dump(mode="json")  # what the server gets
+    assert auto["trigger"]["posture"] == "Proactive" and auto["trigger"]["within"] == 90
+    assert auto["trigger"]["match_related"] == {"prefect.resource.id": "prefect.deployment.d1"}  # this deployment's
+    assert auto["actions"][0]["state"] == "CRASHED"
