@@ -25,31 +25,52 @@ from benchmarks._common import write
 from unet.presets import PRESETS, apply
 
 ROOT = Path(__file__).resolve().parents[1]
+# What the settings below vary: the cpu preset before this tuning (8 filters, depth 4, 188 px tiles, batch 4,
+# 600 steps, Adam at 1e-3 constant after 20 warm-up steps, no drop-out, Dice + cross-entropy).
+BASE: dict[str, Any] = {
+    "train.model.base_filters": 8,
+    "train.model.depth": 4,
+    "train.model.tile": 188,
+    "train.model.dropout": 0.0,
+    "train.batch_size": 4,
+    "train.max_steps": 600,
+    "train.learning_rate": 0.001,
+    "train.warmup_steps": 20,
+    "train.schedule": "constant",
+    "train.steps_per_epoch": 50,
+    "train.checkpoint_every": 300,
+    "evaluate.batch_size": 16,
+    "runtime.precision": "float32",
+    "runtime.xla": False,
+    "runtime.tf32": False,
+    "runtime.gpus": 0,
+}
+
+
+def _vary(**kw: Any) -> dict[str, Any]:
+    """BASE with ``train.`` keys changed (``model__tile=284`` is ``train.model.tile``)."""
+    return {**BASE, **{"train." + k.replace("__", "."): v for k, v in kw.items()}}
+
+
 SETTINGS: dict[str, dict[str, Any]] = {
     "cpu": PRESETS["cpu"],
     "cpu-long": PRESETS["cpu-long"],
     # what was tried on the way to the presets
-    "8f-600": {**PRESETS["cpu"], "train.model.base_filters": 8, "train.max_steps": 600, "train.schedule": "constant"},
-    "8f-600-border": {
-        **PRESETS["cpu"],
-        "train.model.base_filters": 8,
-        "train.max_steps": 600,
-        "train.schedule": "constant",
-        "train.loss.border_weight": True,
-    },
-    "16f-600-border": {
-        **PRESETS["cpu"],
-        "train.model.base_filters": 16,
-        "train.max_steps": 600,
-        "train.schedule": "constant",
-        "train.loss.border_weight": True,
-    },
-    "16f-600": {**PRESETS["cpu"], "train.model.base_filters": 16, "train.max_steps": 600, "train.schedule": "constant"},
-    "16f-800-cosine": {
-        **PRESETS["cpu"],
-        "train.model.base_filters": 16,
-        "train.max_steps": 800,
-        "train.schedule": "cosine",
+    "8f-600": BASE,
+    "8f-600-border": _vary(loss__border_weight=True),
+    "16f-600": _vary(model__base_filters=16),
+    "16f-600-border": _vary(model__base_filters=16, loss__border_weight=True),
+    "8f-600-cosine": _vary(schedule="cosine"),
+    "8f-600-tile284-batch2-cosine": _vary(schedule="cosine", model__tile=284, batch_size=2),
+    "8f-600-lr2e-3": _vary(learning_rate=0.002),
+    "8f-600-lr3e-3": _vary(learning_rate=0.003),
+    "8f-600-lr5e-3": _vary(learning_rate=0.005),
+    "8f-600-lr3e-3-cosine": _vary(learning_rate=0.003, schedule="cosine"),
+    "8f-600-lr2e-3-no-dice": _vary(learning_rate=0.002, loss__dice_weight=0.0),
+    "8f-1200-batch2-lr2e-3": _vary(learning_rate=0.002, batch_size=2, max_steps=1200, checkpoint_every=600),
+    "16f-2400-cosine-tta": {  # cpu-long before this tuning
+        **_vary(model__base_filters=16, max_steps=2400, warmup_steps=50, schedule="cosine"),
+        **{"train.steps_per_epoch": 100, "train.checkpoint_every": 500, "evaluate.tta": True},
     },
 }
 
