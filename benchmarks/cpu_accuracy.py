@@ -106,7 +106,7 @@ def run_setting(name: str, overrides: dict[str, Any], work: Path, env: dict[str,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=["cpu", "cpu-long"], choices=list(SETTINGS))
     p.add_argument("--name", default="cpu_accuracy")
     p.add_argument("--work", type=Path, help="keep each setting's models and metrics here (default: a temp dir)")
     args = p.parse_args()

@@ -36,6 +36,7 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.futures import wait
 from prefect.runtime import flow_run
+from prefect.runtime import task_run as this_task
 from prefect.states import State
 
 from flows.pipeline import _run
@@ -45,6 +46,7 @@ from unet.workers import adopt, changed, experiment_ref, fold_inputs, shareable_
 DEPLOYMENT = "unet/fold"
 REMOTE = "origin"  # the git remote every clone shares
 LOST_AFTER_S = 90  # a fold run without a heartbeat this long has lost its worker ($UNET_LOST_AFTER_S)
+DEFAULT_HEARTBEAT_S = 180  # Prefect's flows.heartbeat_frequency, where the deployment's environment sets none
 RETRIES = 2  # times a fold whose worker was lost is started again
 FINAL = ("Completed", "Failed", "Cancelled", "Crashed")
 
@@ -173,17 +175,29 @@ def lost_run_automation(deployment_id: str, after_s: float) -> AutomationCore:
 
 @task
 def watch_for_lost_runs() -> None:
-    """Create (or bring up to date) the server's automation that marks fold runs of lost workers Crashed."""
+    """Create (or bring up to date) the server's automation that marks fold runs of lost workers Crashed.
+
+    The silence it allows is ``$UNET_LOST_AFTER_S`` but never under 1.5 heartbeat intervals of the
+    deployment (Prefect's default interval, 180 s, where the deployment sets none): a healthy run is never
+    taken for a lost one because its deployment was made before it set ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``."""
+    log = get_run_logger()
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(DEPLOYMENT)
-        want = lost_run_automation(str(deployment.id), float(os.environ.get("UNET_LOST_AFTER_S", LOST_AFTER_S)))
+        env = (deployment.job_variables or {}).get("env") or {}
+        beat = float(env.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", DEFAULT_HEARTBEAT_S))
+        after = float(os.environ.get("UNET_LOST_AFTER_S", LOST_AFTER_S))
+        if after < 1.5 * beat:
+            what = "UNET_LOST_AFTER_S=%g s is under 1.5 heartbeat intervals of %s (%g s): using %g s"
+            log.warning(what, after, DEPLOYMENT, beat, 1.5 * beat)
+            after = 1.5 * beat
+        want = lost_run_automation(str(deployment.id), after)
         have = client.read_automations_by_name(want.name)
         if any(a.trigger == want.trigger and a.actions == want.actions and a.enabled for a in have):
             return
         for old in have:
             client.delete_automation(old.id)
         client.create_automation(want)
-    get_run_logger().info("automation '%s': %s", want.name, want.description)
+    log.info("automation '%s': %s", want.name, want.description)
 
 
 def _lost(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -198,12 +212,16 @@ def _lost(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
 
 
 @task(task_run_name="{stage} on a worker", retries=RETRIES, retry_condition_fn=_lost)
-def train_remotely(stage: str, parameters: dict[str, Any]) -> None:
-    """One flow run of ``unet/fold``, waited for; raises naming the fold and the flow run unless it completed
-    (``WorkerLost`` when it crashed, and then it is retried: a new flow run, for the first free worker)."""
+def train_remotely(stage: str, parameters: dict[str, Any]) -> str:
+    """One flow run of ``unet/fold``, waited for; returns the name of the DVC experiment it pushed. Raises
+    naming the fold and the flow run unless it completed: ``WorkerLost`` when it crashed, and then it is
+    retried as a new flow run for the first free worker, under a name of its own (``-retry1``, ...), so that
+    it never collides with a run its lost worker may still push."""
     log = get_run_logger()
-    log.info("%s: flow run '%s' of %s, for the first free worker of its pool", stage, parameters["name"], DEPLOYMENT)
-    run = run_deployment(DEPLOYMENT, parameters=parameters, flow_run_name=parameters["name"])
+    retry = this_task.get_run_count() - 1
+    name = parameters["name"] + (f"-retry{retry}" if retry > 0 else "")
+    log.info("%s: flow run '%s' of %s, for the first free worker of its pool", stage, name, DEPLOYMENT)
+    run = run_deployment(DEPLOYMENT, parameters={**parameters, "name": name}, flow_run_name=name)
     assert isinstance(run, FlowRun)  # run_deployment is sync here, in a task
     state = run.state
     if state is None or not state.is_completed():
@@ -211,6 +229,7 @@ def train_remotely(stage: str, parameters: dict[str, Any]) -> None:
         error = WorkerLost if state is not None and state.is_crashed() else RuntimeError
         raise error(f"{stage}: flow run '{run.name}' ({run.id}) of {DEPLOYMENT} ended {what}")
     log.info("%s: flow run '%s' completed", stage, run.name)
+    return name
 
 
 @task(task_run_name="adopt {stage}")
@@ -244,7 +263,7 @@ def train_on_workers(repo: str, folds: Sequence[int], experiment: str) -> None:
     wait(futures)
     for s, f in zip(stages, futures, strict=True):  # the folds that finished join dvc.lock even when another failed,
         if f.state.is_completed():  # so a repeated run in this workspace skips them
-            adopt_run(repo, s, names[s])
+            adopt_run(repo, s, f.result())
     failed = [str(f.result(raise_on_failure=False)) for f in futures if not f.state.is_completed()]
     if failed:
         raise RuntimeError("; ".join(failed))

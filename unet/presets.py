@@ -25,8 +25,8 @@ from unet.io import roundtrip_yaml
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Quick: a depth-4, 8-filter U-Net on 188 px tiles (100 px output), no drop-out (too small a net to
-    # need it), Adam at a constant 2e-3 (1e-3 and cosine decay both under-train it in 700 steps); `make run`
-    # trains, evaluates and registers all 5 folds in 5 min 50 s on 2 CPU cores, CV V_rand 0.944
+    # need it), Adam at a constant 2e-3 (at 600 steps, 1e-3 and cosine decay both left it under-trained);
+    # `make run` trains, evaluates and registers all 5 folds in 5 min 50 s on 2 CPU cores, CV V_rand 0.944
     # (benchmarks/results/cpu_accuracy.md, cpu_tuning.md).
     "cpu": {
         "train.model.base_filters": 8,
@@ -36,6 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.batch_size": 4,
         "train.max_steps": 700,
         "train.learning_rate": 0.002,
+        "train.schedule": "constant",
         "train.warmup_steps": 20,
         "train.steps_per_epoch": 50,
         "train.checkpoint_every": 350,
@@ -55,6 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.batch_size": 4,
         "train.max_steps": 2400,
         "train.learning_rate": 0.002,
+        "train.schedule": "constant",
         "train.warmup_steps": 50,
         "train.steps_per_epoch": 100,
         "train.checkpoint_every": 500,
