@@ -112,7 +112,7 @@ def test_a_fold_killed_on_one_worker_resumes_on_another_to_the_same_weights(tmp_
 @pytest.mark.timeout(1500)
 def test_prefect_starts_the_fold_of_a_lost_worker_again_on_another_which_resumes_it(isbi, tmp_path):
     from .test_flow import _free_port, _post, server_env
-    from .test_workers import _lock, _start, _wait_for, _weights, sh
+    from .test_workers import _lock, _start, _stop, _wait_for, _weights, sh
 
     # the project (tiny net, 2 folds, a checkpoint every 20 of 200 steps) on a git remote and one DVC remote
     src = make_repo(tmp_path / "src")
@@ -151,9 +151,7 @@ def test_prefect_starts_the_fold_of_a_lost_worker_again_on_another_which_resumes
         runs = _post(f"{api}/flow_runs/filter", {"deployments": {"name": {"any_": ["fold"]}}})
     finally:
         for p in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, 15)
-            p.wait(timeout=60)
+            _stop(p)
         assert baseline.wait(timeout=900) == 0, (tmp_path / "uninterrupted.log").read_text()[-3000:]
 
     # the lost worker's run was marked Crashed by the automation; its fold ran again, on worker B, as a flow

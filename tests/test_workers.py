@@ -4,8 +4,10 @@ clone, ends with the dvc.lock and metrics of a run on one machine."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -168,8 +170,7 @@ def test_folds_on_two_workers_end_with_the_dvc_lock_of_one_machine(isbi, tmp_pat
         failed = subprocess.run([*flow, "--steps", "5"], cwd=parent, env=env, capture_output=True, text=True)
     finally:
         for p in reversed(procs):
-            os.killpg(p.pid, 15)
-            p.wait(timeout=60)
+            _stop(p)
         assert baseline.wait(timeout=1200) == 0, (tmp_path / "one-machine.log").read_text()[-3000:]
 
     # each worker trained one fold, in its own clone, and said so from its flow run
@@ -223,6 +224,20 @@ def _lock(repo: Path) -> dict:
 def _start(cmd: list[str], cwd: Path, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
     out = open(f"{log}.log", "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM a process group started by ``_start``; SIGKILL it after 60 s. A `prefect worker` whose runs have
+    all ended now and then never exits on SIGTERM (seen with Prefect 3.9.1 on a loaded machine): its shutdown is
+    not what these tests check, and a hung one must not keep the server's port and the test waiting."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
 
 
 def _wait_for(url: str) -> None:
