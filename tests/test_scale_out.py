@@ -112,18 +112,11 @@ def test_a_fold_killed_on_one_worker_resumes_on_another_to_the_same_weights(tmp_
 @pytest.mark.timeout(1500)
 def test_prefect_starts_the_fold_of_a_lost_worker_again_on_another_which_resumes_it(isbi, tmp_path):
     from .test_flow import _free_port, _post, server_env
-    from .test_workers import _lock, _start, _stop, _wait_for, _weights, sh
+    from .test_workers import _lock, _start, _stop, _wait_for, _weights, project_clones, sh
 
     # the project (tiny net, 2 folds, a checkpoint every 20 of 200 steps) on a git remote and one DVC remote
-    src = make_repo(tmp_path / "src")
-    apply(src / "params.yaml", {**TINY_NET, "split.folds": [0, 1], "evaluate.overlays": 0} | STEPS)
-    sh(src, "git", "commit", "-qam", "tiny")
-    sh(tmp_path, "git", "clone", "-q", "--bare", str(src), str(tmp_path / "remote.git"))
-    clones = {}
-    for name in ("parent", "worker-a", "worker-b", "uninterrupted"):
-        clones[name] = tmp_path / name
-        sh(tmp_path, "git", "clone", "-q", str(tmp_path / "remote.git"), str(clones[name]))
-        sh(clones[name], "dvc", "remote", "modify", "--local", "local", "url", str(tmp_path / "dvc-remote"))
+    params = {**TINY_NET, "split.folds": [0, 1], "evaluate.overlays": 0} | STEPS
+    clones = project_clones(tmp_path, params, "parent", "worker-a", "worker-b", "uninterrupted")
     port, shared = _free_port(), tmp_path / "checkpoints"  # the location every worker reaches
     api = f"http://127.0.0.1:{port}/api"
     env = server_env(tmp_path, api, isbi, PREFECT_WORKER_QUERY_SECONDS="2", UNET_LOST_AFTER_S="60")

@@ -135,15 +135,7 @@ VARY = ("/model.keras", "/metrics.json", "/plots/metrics", "models/folds")
 @pytest.mark.timeout(1800)
 def test_folds_on_two_workers_end_with_the_dvc_lock_of_one_machine(isbi, tmp_path):
     # the project (tiny U-Net, 2 folds) committed on a git remote; every clone pushes to one DVC remote
-    src = make_repo(tmp_path / "src")
-    apply(src / "params.yaml", TINY_PARAMS)
-    sh(src, "git", "commit", "-qam", "tiny")
-    sh(tmp_path, "git", "clone", "-q", "--bare", str(src), str(tmp_path / "remote.git"))
-    clones = {}
-    for name in ("parent", "worker-a", "worker-b", "one-machine"):
-        clones[name] = tmp_path / name
-        sh(tmp_path, "git", "clone", "-q", str(tmp_path / "remote.git"), str(clones[name]))
-        sh(clones[name], "dvc", "remote", "modify", "--local", "local", "url", str(tmp_path / "dvc-remote"))
+    clones = project_clones(tmp_path, TINY_PARAMS, "parent", "worker-a", "worker-b", "one-machine")
     parent, one = clones["parent"], clones["one-machine"]
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -202,6 +194,19 @@ def test_folds_on_two_workers_end_with_the_dvc_lock_of_one_machine(isbi, tmp_pat
         assert a == b
     for path in ("metrics/folds.json", "metrics/summary.json"):
         assert json.loads((parent / path).read_text()) == json.loads((one / path).read_text()), path
+
+
+def project_clones(tmp: Path, params: dict, *names: str) -> dict[str, Path]:
+    """This project with ``params`` committed on a git remote under ``tmp``, and a clone of it for each name,
+    every clone pushing to one DVC remote folder."""
+    src = make_repo(tmp / "src")
+    apply(src / "params.yaml", params)
+    sh(src, "git", "commit", "-qam", "tiny")
+    sh(tmp, "git", "clone", "-q", "--bare", str(src), str(tmp / "remote.git"))
+    for name in names:
+        sh(tmp, "git", "clone", "-q", str(tmp / "remote.git"), str(tmp / name))
+        sh(tmp / name, "dvc", "remote", "modify", "--local", "local", "url", str(tmp / "dvc-remote"))
+    return {name: tmp / name for name in names}
 
 
 def _weights(path: Path) -> list[bytes]:
