@@ -14,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tifffile
 
 from unet.folds import kfold
+from unet.predict import load_model
 from unet.presets import apply
 
 from .conftest import TINY_NET, synthetic
@@ -67,7 +67,9 @@ def repro(repo: Path, shared: Path | None) -> subprocess.CompletedProcess:
 
 
 def weights(repo: Path) -> list[np.ndarray]:
-    return keras.saving.load_model(repo / "models" / "folds" / "fold0" / "model.keras", compile=False).get_weights()
+    """The fold's weights, through the project's loader (it knows the intensity-map layer whatever this process
+    imported before)."""
+    return load_model(repo / "models" / "folds" / "fold0" / "model.keras", np.dtype(np.uint8)).get_weights()
 
 
 @pytest.mark.slow
@@ -83,11 +85,7 @@ def test_a_fold_killed_on_one_worker_resumes_on_another_to_the_same_weights(tmp_
             stderr=log,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 600
-        while not list(shared.glob("*/step-*/meta.json")):
-            assert proc.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.02)
+        _wait_for_checkpoint(shared, proc, tmp_path / "a.log")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (a / "models" / "folds" / "fold0" / "model.keras").exists()  # killed mid-run
@@ -171,6 +169,7 @@ STEPS = {"train.max_steps": 200, "train.steps_per_epoch": 10, "train.checkpoint_
 
 
 def _wait_for_checkpoint(shared: Path, proc: subprocess.Popen, log: Path) -> None:
+    """Until the first complete checkpoint under ``shared``; fails with ``proc``'s log if it ends first."""
     deadline = time.monotonic() + 600
     while not list(shared.glob("*/step-*/meta.json")):
         assert proc.poll() is None, log.read_text()[-3000:]
