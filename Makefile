@@ -105,8 +105,9 @@ $(NCCL_STAMP): $(STAMP)
 
 horovod: $(HVD_STAMP)
 
+# RUN_ARGS: more `dvc exp run` arguments, e.g. RUN_ARGS='-S train.max_steps=100'
 run: $(STAMP)
-	source $(BIN)/activate && python -m unet.presets run auto
+	source $(BIN)/activate && python -m unet.presets run auto $(RUN_ARGS)
 
 release: $(STAMP)
 	source $(BIN)/activate && unet release $(EXP)

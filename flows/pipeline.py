@@ -24,6 +24,7 @@ from prefect.futures import PrefectFuture, wait
 from unet import config
 from unet.devices import fold_queues, granted
 from unet.metrics import METRICS
+from unet.ops.recovery import exclusive
 from unet.presets import apply, experiment_env, from_baseline, overrides
 
 NOISE = ("E0000", "WARNING: All log messages", "I0000", "W0000")  # TensorFlow's start-up chatter
@@ -179,28 +180,34 @@ def pipeline(
     release: bool = False,
     folds_on: Literal["local", "workers"] = "local",
 ) -> dict[str, Any]:
-    """Pull, reproduce every stage (folds as separate tasks), save the experiment, push, release if asked."""
-    gpus = gpus if gpus is not None else int(os.environ.get("UNET_GPUS", "0")) or None
-    dvc_pull(repo)
-    set_params(repo, overrides(preset, steps, precision, xla, gpus))
-    download(repo, "download")
-    for stage in ("validate", "split"):
-        repro(repo, stage)
-    cfg = config.load(Path(repo) / "params.yaml")
-    if folds_on == "workers":  # one flow run of deployment unet/fold per fold, each on a worker of its own
-        from flows.fold import train_on_workers  # (flows.fold imports this module)
+    """Pull, reproduce every stage (folds as separate tasks), save the experiment, push, release if asked.
 
-        train_on_workers(repo, cfg.split.folds, experiment)
-    else:
-        train_folds(repo, cfg)
-    repro(repo, "evaluate")
-    repro(repo, "register")
-    save_experiment(repo, experiment)
-    if push or release:
-        dvc_push(repo)
-    if release:
-        release_model(repo, experiment)
-    return publish_artifacts(repo)
+    Alone in the repository: a run killed before recorded where the repository stood, and what it left is
+    undone first (:mod:`unet.ops.recovery`); the stages it finished are not run again."""
+    with exclusive(repo, f"flow run '{experiment}'", experiment) as recovered:
+        if recovered:
+            get_run_logger().warning("%s; resuming", recovered)
+        gpus = gpus if gpus is not None else int(os.environ.get("UNET_GPUS", "0")) or None
+        dvc_pull(repo)
+        set_params(repo, overrides(preset, steps, precision, xla, gpus))
+        download(repo, "download")
+        for stage in ("validate", "split"):
+            repro(repo, stage)
+        cfg = config.load(Path(repo) / "params.yaml")
+        if folds_on == "workers":  # one flow run of deployment unet/fold per fold, each on a worker of its own
+            from flows.fold import train_on_workers  # (flows.fold imports this module)
+
+            train_on_workers(repo, cfg.split.folds, experiment)
+        else:
+            train_folds(repo, cfg)
+        repro(repo, "evaluate")
+        repro(repo, "register")
+        save_experiment(repo, experiment)
+        if push or release:
+            dvc_push(repo)
+        if release:
+            release_model(repo, experiment)
+        return publish_artifacts(repo)
 
 
 def main() -> None:

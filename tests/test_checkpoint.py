@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
@@ -59,9 +60,10 @@ def test_a_killed_writer_leaves_the_last_complete_checkpoint(where, monkeypatch)
         checkpoint.save(where, 20, model, {"fingerprint": "a"}, keep=2)
     monkeypatch.undo()
     fs, root = fsspec.core.url_to_fs(where)
-    assert fs.ls(f"{root}/step-00000020", detail=False) == []  # nothing under its final name, no temp file
+    assert not fs.exists(f"{root}/step-00000020")  # nothing under its final name, no temp file
     assert checkpoint.latest(where, "a")[1]["step"] == 10  # type: ignore[index]
     # a writer killed by SIGKILL leaves its temp file and no commit mark: readers skip it, pruning removes it
+    fs.makedirs(f"{root}/step-00000020", exist_ok=True)
     fs.pipe(f"{root}/step-00000020/state.npz.0123.tmp", b"PK\x03\x04 half a zip")
     fs.pipe(f"{root}/step-00000020/state.npz", b"PK\x03\x04 complete, but its meta.json never came")
     assert checkpoint.latest(where, "a")[1]["step"] == 10  # type: ignore[index]
@@ -69,7 +71,38 @@ def test_a_killed_writer_leaves_the_last_complete_checkpoint(where, monkeypatch)
         checkpoint.save(where, step, model, {"fingerprint": "a"}, keep=2)
     assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(root, detail=False)) == ["step-00000030", "step-00000040"]
     meta = json.loads(fs.cat(f"{root}/step-00000040/meta.json"))
-    assert meta == {"fingerprint": "a", "step": 40}
+    assert meta == {
+        "fingerprint": "a",
+        "step": 40,
+        "state_sha256": hashlib.sha256(fs.cat(f"{root}/step-00000040/state.npz")).hexdigest(),
+    }
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "bit-flipped", "missing"])
+def test_a_damaged_checkpoint_is_skipped_with_a_warning_for_the_previous_one(where, damage, caplog):
+    model = _model(0)
+    for step in (10, 20):
+        checkpoint.save(where, step, model, {"fingerprint": "a"}, keep=3)
+    fs, root = fsspec.core.url_to_fs(where)
+    state = f"{root}/step-00000020/state.npz"
+    data = fs.cat(state)
+    if damage == "missing":
+        fs.rm(state)
+    else:
+        damaged = {"truncated": data[: len(data) // 2], "empty": b"", "bit-flipped": None}[damage]
+        if damaged is None:  # one bit in the middle of the arrays: still a valid zip, a wrong checksum
+            flipped = bytearray(data)
+            flipped[len(data) // 2] ^= 0x01
+            damaged = bytes(flipped)
+        fs.pipe(state, damaged)
+    with caplog.at_level("WARNING", logger="unet.checkpoint"):
+        path, meta = checkpoint.latest(where, "a") or pytest.fail("the intact checkpoint was not found")
+    assert meta["step"] == 10 and path.endswith("step-00000010")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "step-00000020" in warnings[0] and "\n" not in warnings[0], warnings
+    checkpoint.restore(path, _model(1))  # the previous one loads
+    fs.pipe(f"{root}/step-00000010/state.npz", b"")  # none intact: a fresh start
+    assert checkpoint.latest(where, "a") is None
 
 
 def test_a_shared_location_is_keyed_by_the_run():
@@ -100,3 +133,16 @@ def test_runs_sharing_a_location_resume_only_their_own(tiny_cfg, tmp_path, caplo
     assert not (tmp_path / "worker-a" / "checkpoints").exists()  # nothing local beside the shared location
     metrics = [json.loads((tmp_path / w / "metrics.json").read_text()) for w in ("worker-a", "worker-b")]
     assert metrics[1]["step"] == 5 and metrics[1]["loss"] == metrics[0]["loss"]  # not lost with worker A
+
+
+def test_a_run_with_other_params_in_the_same_directory_keeps_its_own_newest_checkpoint(where):
+    """The fold trained earlier with other params (and more steps) left step-20 and step-30: the new run's
+    step 10 must not be pruned as the oldest, and its step 20 must not be mixed with the old step 20."""
+    model = _model(0)
+    for step in (20, 30):
+        checkpoint.save(where, step, model, {"fingerprint": "old"}, keep=2)
+    checkpoint.save(where, 10, model, {"fingerprint": "new"}, keep=2)
+    assert checkpoint.latest(where, "new")[1]["step"] == 10  # type: ignore[index]
+    assert checkpoint.latest(where, "old") is None  # never resumed here again: removed
+    checkpoint.save(where, 20, model, {"fingerprint": "new"}, keep=2)
+    assert checkpoint.latest(where, "new")[1]["step"] == 20  # type: ignore[index]

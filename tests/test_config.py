@@ -81,6 +81,17 @@ def test_every_stage_depends_on_the_code_it_runs():
         assert code == import_closure(f"unet.stages.{name}"), name
 
 
+def test_only_metrics_and_plots_are_uncached_so_the_run_cache_keeps_every_stage():
+    """DVC saves a stage to its run-cache only when each of its `cache: false` outputs is a metric or a plot
+    (`Stage.run` in dvc/stage/__init__.py); without it, a rerun after another experiment retrains."""
+    dvc = _yaml(ROOT / "dvc.yaml")
+    for name, stage in dvc["stages"].items():
+        for out in stage.get("outs", []):
+            path, opts = next(iter(out.items())) if isinstance(out, dict) else (out, {})
+            assert opts.get("cache", True), f"{name}: {path} is a `cache: false` out, not a metric or plot"
+        assert not any("persist" in str(o) for o in stage.get("outs", [])), name  # also not run-cached
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
     [

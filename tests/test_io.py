@@ -67,3 +67,22 @@ def test_a_single_png_is_a_one_slice_stack(tmp_path):
     [only] = list(iter_slices(tmp_path / "one.png"))
     np.testing.assert_array_equal(only, page)
     np.testing.assert_array_equal(read_stack(tmp_path / "one.png"), page[None])
+
+
+def test_a_stage_refuses_an_output_that_is_one_of_its_inputs_before_any_work(tmp_path, capsys):
+    import argparse
+
+    from unet.stages import _cli
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train-volume.tif").write_bytes(b"the user's data")
+    ran = []
+    for out in (raw, raw / "folds.json", tmp_path / "params.yaml"):
+        args = argparse.Namespace(params=str(tmp_path / "params.yaml"), raw=str(raw), out=str(out))
+        with pytest.raises(SystemExit) as exc:
+            _cli.run("split", lambda a, c: ran.append(a), args, outputs=("out",))
+        assert exc.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"split: error: {out}: output --out would overwrite the input"), err
+    assert not ran and (raw / "train-volume.tif").read_bytes() == b"the user's data"

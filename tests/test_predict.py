@@ -182,3 +182,32 @@ def test_a_model_saved_without_an_intensity_map_reads_uint8_only(setup, tmp_path
     assert "no intensity map" in caplog.text
     with pytest.raises(DataError, match=r"old\.keras: model stores no intensity map"):
         load_model(tmp_path / "old.keras", np.dtype("uint16"))
+
+
+@pytest.mark.parametrize("case", ["same-path", "hard-link", "symlink", "inside-input-folder", "model", "directory"])
+def test_an_output_that_would_overwrite_an_input_or_model_is_refused_before_any_work(setup, tmp_path, capsys, case):
+    d, _, _ = setup
+    stack, folder, model = tmp_path / "in.tif", tmp_path / "slices", tmp_path / "m.keras"
+    for src, dst in ((d / "in.tif", stack), (d / "m0.keras", model)):
+        dst.write_bytes(src.read_bytes())
+    folder.mkdir()
+    (folder / "s1.png").write_bytes((d / "slices" / "s2.png").read_bytes())
+    (tmp_path / "link.tif").hardlink_to(stack)
+    (tmp_path / "sym.tif").symlink_to(stack)
+    (tmp_path / "outdir").mkdir()
+    inp, out = {
+        "same-path": (stack, stack),
+        "hard-link": (stack, tmp_path / "link.tif"),
+        "symlink": (stack, tmp_path / "sym.tif"),
+        "inside-input-folder": (folder, folder / "p.tif"),
+        "model": (stack, model),
+        "directory": (stack, tmp_path / "outdir"),
+    }[case]
+    before = {p: p.read_bytes() for p in (stack, model, folder / "s1.png")}
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(inp), str(out), "--models", str(model)])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"unet predict: error: {out}: "), err
+    assert {p: p.read_bytes() for p in before} == before  # nothing the user had was touched
+    assert sorted(p.name for p in folder.iterdir()) == ["s1.png"] and not any((tmp_path / "outdir").iterdir())

@@ -18,6 +18,12 @@ from pathlib import Path
 def predict(args: argparse.Namespace) -> None:
     import logging
 
+    from unet.io import DataError, check_outputs
+
+    # before the backend starts: an output that would replace the input, a model or a directory is refused
+    if Path(args.output).is_dir():
+        raise DataError(f"{args.output}: output is a directory; name the output file (OUT.tif)")
+    check_outputs({"OUT": args.output}, {"IN": args.input, **{f"--models {m}": m for m in args.models}})
     from unet.predict import predict_file
 
     logging.basicConfig(level=logging.INFO, format="unet predict: %(message)s", stream=sys.stderr)
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     rel.add_argument("experiment", help="experiment name, as `dvc exp show` lists it")
     rel.add_argument("--stage", help="GTO stage to assign (default: the experiment's register.stage)")
     rel.add_argument("--repo", default=".")
-    rel.add_argument("--card", default="models/card.json", help="the model card (git-tracked output of register)")
+    rel.add_argument("--card", default="models/card.json", help="the model card (DVC-cached output of register)")
     args = p.parse_args(argv)
     if args.command == "predict" and args.threshold is not None and not 0 < args.threshold < 1:
         p.error(f"--threshold: invalid value {args.threshold}: must be in (0, 1)")

@@ -22,6 +22,7 @@ from typing import Any
 
 from unet import config
 from unet.io import roundtrip_yaml
+from unet.ops import recovery
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Quick: a depth-4, 8-filter U-Net on 188 px tiles (100 px output), no drop-out (too small a net to
@@ -193,16 +194,90 @@ def from_baseline(cwd: str | Path = ".") -> None:
 
 
 def run_experiment(name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path = ".") -> int:
-    """``dvc exp run -n NAME -S ...`` in ``cwd`` from the committed params; an experiment of the same name on
-    this commit is replaced (with unchanged params and code, DVC's cache makes the rerun a no-op)."""
-    from_baseline(cwd)
-    listed = subprocess.run(["dvc", "exp", "list", "--name-only"], cwd=cwd, capture_output=True, text=True)
-    if name in listed.stdout.split():
-        print(f"presets: replacing experiment '{name}' of this commit", file=sys.stderr)
-        subprocess.run(["dvc", "exp", "remove", name], cwd=cwd, check=True)
-    cmd = ["dvc", "exp", "run", "-n", name, *set_args(overrides), *extra]
-    print(f"presets: {' '.join(cmd)}", file=sys.stderr)
-    return subprocess.run(cmd, cwd=cwd, env={**os.environ, **experiment_env(cwd)}).returncode
+    """``dvc exp run -n NAME -S ...`` in ``cwd`` from the committed params, alone in the repository and after
+    undoing what an interrupted run left (:mod:`unet.ops.recovery`).
+
+    An experiment of the same name on this commit whose params and tracked files equal this run's is applied
+    to the workspace (``dvc exp apply``) instead: the same experiment, the same model, nothing run. Any other
+    one of that name is replaced; DVC's run-cache restores every stage whose inputs did not change."""
+    with recovery.exclusive(cwd, f"experiment '{name}'", name) as recovered:
+        if recovered:
+            print(f"presets: {recovered}; resuming", file=sys.stderr)
+        from_baseline(cwd)
+        sets = [*set_args(overrides), *extra]
+        same = unchanged_experiment(cwd, name, sets)
+        if same:
+            print(
+                f"presets: experiment '{name}' ({same[:7]}) already ran these params and code: applying it",
+                file=sys.stderr,
+            )
+            return subprocess.run(["dvc", "exp", "apply", name], cwd=cwd).returncode
+        if name in experiments_of_head(cwd):
+            print(f"presets: replacing experiment '{name}' of this commit", file=sys.stderr)
+            subprocess.run(["dvc", "exp", "remove", name], cwd=cwd, check=True)
+        stage_gitignores(cwd)
+        cmd = ["dvc", "exp", "run", "-n", name, *sets]
+        print(f"presets: {' '.join(cmd)}", file=sys.stderr)
+        return subprocess.run(cmd, cwd=cwd, env={**os.environ, **experiment_env(cwd)}).returncode
+
+
+def experiments_of_head(cwd: str | Path = ".") -> dict[str, str]:
+    """DVC experiments based on the commit HEAD is at: name -> commit."""
+    head = recovery.git(cwd, "rev-parse", "HEAD")
+    listed = recovery.git(cwd, "for-each-ref", f"refs/exps/{head[:2]}/{head[2:]}", "--format=%(refname) %(objectname)")
+    return {ref.rsplit("/", 1)[1]: sha for ref, sha in (line.split() for line in listed.splitlines())}
+
+
+def unchanged_experiment(cwd: str | Path, name: str, sets: list[str]) -> str | None:
+    """The commit of experiment ``name`` on HEAD when it ran exactly what ``dvc exp run -S SETS`` would run
+    now: the same ``params.yaml`` as DVC would write it, the same ``dvc.yaml`` and the same code and other
+    files that the stages depend on (outputs aside); else ``None``. Options other than ``-S`` (``--force``,
+    ...) always run."""
+    sha = experiments_of_head(cwd).get(name)
+    values = [v for flag, v in zip(sets[::2], sets[1::2], strict=False) if flag in ("-S", "--set-param")]
+    if sha is None or len(sets) != 2 * len(values):
+        return None
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory() as tmp:
+        params = Path(tmp) / "params.yaml"
+        shutil.copy(Path(cwd) / "params.yaml", params)
+        apply_overrides(params, values)  # what `dvc exp run -S` does to params.yaml
+        if params.read_text() != recovery.git(cwd, "show", f"{sha}:params.yaml", check=False) + "\n":
+            return None
+    inputs = stage_inputs(cwd)
+    listed = recovery.git(cwd, "ls-tree", "-r", sha, "--", *inputs).splitlines()  # "<mode> blob <sha>\t<path>"
+    ran = {path: meta.split()[2] for meta, path in (line.split("\t", 1) for line in listed)}
+    now = recovery.git(cwd, "hash-object", "--", *inputs).split()
+    return sha if ran == dict(zip(inputs, now, strict=True)) else None
+
+
+def stage_inputs(cwd: str | Path = ".") -> list[str]:
+    """``dvc.yaml`` and every file a stage depends on that no stage writes (the code), relative to ``cwd``;
+    params files aside (compared as ``dvc exp run -S`` would write them)."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(cwd)) as repo:
+        outs = [o.fs_path for o in repo.index.outs]
+        deps = {
+            d.fs_path
+            for s in repo.index.stages
+            for d in s.deps
+            if d.protocol == "local" and not isinstance(d, ParamsDependency)
+        }
+        inside = [d for d in deps if not any(d == o or d.startswith(o + os.sep) for o in outs)]
+        return sorted({"dvc.yaml", *(os.path.relpath(d, repo.root_dir) for d in inside if os.path.isfile(d))})
+
+
+def stage_gitignores(cwd: str | Path = ".") -> None:
+    """Stage the ``.gitignore`` files DVC wrote that git does not track yet, so that the experiment commits
+    them (DVC stages only those it writes during the run: ``core.autostage``); else a clone of the experiment
+    or of its release would show the data and models as untracked files."""
+    untracked = recovery.git(cwd, "ls-files", "--others", "--exclude-standard").splitlines()
+    ignores = [p for p in untracked if Path(p).name == ".gitignore"]
+    if ignores:
+        recovery.git(cwd, "add", "--", *ignores)
 
 
 def experiment_env(cwd: str | Path = ".") -> dict[str, str]:
@@ -225,12 +300,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", help="experiment name (default: the preset's)")
     p.add_argument("--params", default="params.yaml")
     args, extra = p.parse_known_args(argv)
-    name = resolve(args.preset)
-    check(PRESETS[name], args.params)  # a preset the config rejects fails here, before DVC runs anything
     if args.action == "show":
+        name = resolve(args.preset)
+        check(PRESETS[name], args.params)
         print(" ".join(set_args(PRESETS[name])))
         return
-    sys.exit(run_experiment(args.name or name, PRESETS[name], extra))
+    try:
+        with recovery.exclusive(".", f"python -m unet.presets run {args.preset}", args.name) as recovered:
+            if recovered:  # undone here, before the GPU probe, so the experiment's own guard finds nothing
+                print(f"presets: {recovered}; resuming", file=sys.stderr)
+            name = resolve(args.preset)
+            check(PRESETS[name], args.params)  # a preset the config rejects fails here, before DVC runs anything
+        sys.exit(run_experiment(args.name or name, PRESETS[name], extra))
+    except recovery.RunError as exc:
+        print(f"presets: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def overrides(

@@ -155,16 +155,22 @@ def release(repo: str | Path, experiment: str, name: str, stage: str, card_path:
 
 
 def read_card(repo: Path, sha: str, card_path: str, name: str) -> dict[str, Any]:
-    """The experiment's model card; also check that its ``dvc.yaml`` declares artifact ``name``."""
-    shown = _run(["git", "show", f"{sha}:{card_path}"], repo, check=False)
-    if shown.returncode != 0:
-        raise ReleaseError(f"experiment commit {sha[:7]} has no {card_path}: run the register stage first")
+    """The experiment's model card (a DVC-cached output of register, read from the cache as of ``sha``); also
+    check that its ``dvc.yaml`` declares artifact ``name``."""
+    import dvc.api
     from ruamel.yaml import YAML
 
+    try:
+        text = dvc.api.read(card_path, repo=str(repo), rev=sha)
+    except Exception as exc:  # DVC raises several types for a path it does not track or a cache without it
+        raise ReleaseError(
+            f"experiment commit {sha[:7]}: no {card_path} in it or in the DVC cache (run the register stage, "
+            f"or dvc pull): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
     dvc_yaml = YAML(typ="safe", pure=True).load(_run(["git", "show", f"{sha}:dvc.yaml"], repo).stdout)
     if name not in (dvc_yaml.get("artifacts") or {}):
         raise ReleaseError(f"register.name {name!r} is not an artifact in dvc.yaml (artifacts: section)")
-    return dict(json.loads(shown.stdout))
+    return dict(json.loads(text))
 
 
 def _tag(repo: Path, name: str, stage: str, branch: str, card: dict[str, Any], experiment: str) -> dict[str, Any]:

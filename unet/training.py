@@ -28,7 +28,7 @@ from unet.augment import augment, draw_params
 from unet.config import PLACEMENT, Config, LossConfig, TrainConfig, fingerprint, to_dict
 from unet.geometry import output_size
 from unet.intensity import UINT8, Intensity, fit_intensity, with_intensity
-from unet.io import atomic_path, pixel_sha256, to_binary
+from unet.io import atomic_path, fsync_tree, pixel_sha256, to_binary
 from unet.losses import SegmentationLoss, SoftDice, border_weights
 from unet.model import build_unet
 
@@ -326,5 +326,6 @@ def train(
         with atomic_path(workdir / "model.keras") as tmp:  # takes raw grey values: the map travels with it
             with_intensity(trainer.unet, data.intensity).save(tmp)
         live.end()
+        fsync_tree(workdir)  # DVCLive's metrics and plots, written by DVCLive itself, reach the disk too
     summary = {k: float(v) for k, v in (monitor.live.summary if live else {}).items() if isinstance(v, int | float)}
     return summary

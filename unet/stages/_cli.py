@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from unet import config
+from unet.io import check_outputs
 
 EXPECTED = (ValueError, RuntimeError, OSError)  # DataError, DownloadError, ValidationFailed and bad params
 
@@ -19,10 +20,23 @@ def parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     return p
 
 
-def run(stage: str, main: Callable[[argparse.Namespace, config.Config], None], args: argparse.Namespace) -> None:
-    """Configure logging, load params, run ``main``; expected errors become one line on stderr and exit 1."""
+def run(
+    stage: str,
+    main: Callable[[argparse.Namespace, config.Config], None],
+    args: argparse.Namespace,
+    outputs: tuple[str, ...] = (),
+) -> None:
+    """Configure logging, load params, run ``main``; expected errors become one line on stderr and exit 1.
+
+    ``outputs`` names the arguments that are paths the stage writes; every other path argument is an input,
+    and an output that would overwrite one is refused before any work."""
     logging.basicConfig(level=logging.INFO, format=f"{stage}: %(message)s", stream=sys.stderr)
     try:
+        paths = {k: v for k, v in vars(args).items() if isinstance(v, str) and v}
+        check_outputs(
+            {_option(k): v for k, v in paths.items() if k in outputs},
+            {_option(k): v for k, v in paths.items() if k not in outputs},
+        )
         cfg = config.load(args.params)
         main(args, cfg)
     except EXPECTED as exc:
@@ -31,3 +45,7 @@ def run(stage: str, main: Callable[[argparse.Namespace, config.Config], None], a
         msg = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
         print(f"{stage}: error: {msg}", file=sys.stderr)
         sys.exit(1)
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")

@@ -12,6 +12,7 @@ import os
 
 from unet.config import Config
 from unet.download import DownloadError, download
+from unet.io import check_outputs
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
     local = os.environ.get("ISBI_DATA_DIR") or cfg.download.local_dir
+    if local:
+        source = "ISBI_DATA_DIR" if os.environ.get("ISBI_DATA_DIR") else "download.local_dir"
+        check_outputs({"--out": args.out}, {source: local})
     try:
         prov = download(cfg.download, args.out, local_dir=local)
     except DownloadError as exc:
@@ -33,4 +37,4 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
 if __name__ == "__main__":
     p = _cli.parser("download", __doc__)
     p.add_argument("--out", default="data/raw", help="output directory (default: %(default)s)")
-    _cli.run("download", main, p.parse_args())
+    _cli.run("download", main, p.parse_args(), outputs=("out",))

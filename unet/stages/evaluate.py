@@ -75,4 +75,4 @@ if __name__ == "__main__":
     p.add_argument("--summary", default="metrics/summary.json", help="mean and std over folds (JSON)")
     p.add_argument("--slices", default="plots/evaluate/slices.csv")
     p.add_argument("--overlays", default="plots/overlays")
-    _cli.run("evaluate", main, p.parse_args())
+    _cli.run("evaluate", main, p.parse_args(), outputs=("metrics", "summary", "slices", "overlays"))

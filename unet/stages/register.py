@@ -51,5 +51,5 @@ if __name__ == "__main__":
     p.add_argument("--metrics", default="metrics/folds.json", help="per-fold metrics written by evaluate")
     p.add_argument("--models", default="models/folds", help="directory of fold<k>/model.keras")
     p.add_argument("--out", default="models/registered")
-    p.add_argument("--card", default="models/card.json", help="the model card (JSON, tracked by git)")
-    _cli.run("register", main, p.parse_args())
+    p.add_argument("--card", default="models/card.json", help="the model card (JSON)")
+    _cli.run("register", main, p.parse_args(), outputs=("out", "card"))

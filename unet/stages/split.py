@@ -28,4 +28,4 @@ if __name__ == "__main__":
     p = _cli.parser("split", __doc__)
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--out", default="data/folds.json")
-    _cli.run("split", main, p.parse_args())
+    _cli.run("split", main, p.parse_args(), outputs=("out",))

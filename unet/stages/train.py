@@ -84,4 +84,4 @@ if __name__ == "__main__":
     a = p.parse_args()
     a.out = a.out or f"models/folds/fold{a.fold}"
     a.checkpoints = a.checkpoints or f"checkpoints/fold{a.fold}"
-    _cli.run("train", main, a)
+    _cli.run("train", main, a, outputs=("out", "checkpoints", "shared_checkpoints"))

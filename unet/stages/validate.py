@@ -61,4 +61,4 @@ if __name__ == "__main__":
     p.add_argument("--raw", default="data/raw", help="directory of the downloaded stacks")
     p.add_argument("--report", default="reports/validation.json")
     p.add_argument("--summary", default="reports/validation.md")
-    _cli.run("validate", main, p.parse_args())
+    _cli.run("validate", main, p.parse_args(), outputs=("report", "summary"))

@@ -1,0 +1,239 @@
+"""One run at a time in a repository, and what a killed run left behind undone before the next one starts.
+
+``dvc exp run`` and ``dvc exp save`` work in the user's own repository (DVC 3.x: ``_stash_exp`` in
+``dvc/repo/experiments/queue/base.py``, ``WorkspaceExecutor`` in ``executor/local.py``). They stash the
+workspace (git's ``refs/stash``), detach HEAD, write the ``-S`` values into ``params.yaml`` and stage it, queue
+the experiment on ``refs/exps/stash``, reset and pop the stash; then drop the queue entry, set
+``refs/exps/exec/EXEC_{HEAD,MERGE,BASELINE}``, detach HEAD again, apply the experiment, run the stages (each
+stages its ``dvc.lock`` entry and ``.gitignore`` files in git's index), commit to ``refs/exps/...``, and in a
+``finally`` remove the ``EXEC`` refs, re-attach HEAD and reset the index. A SIGKILL skips that ``finally``: HEAD
+stays detached, files stay staged, ``params.yaml`` holds the experiment's values, and the next ``dvc exp run``
+fails ("Stash apply resulted in merge conflicts").
+
+:func:`exclusive` wraps a run: it takes a lock that dies with its process (``flock``), records where the
+repository stood (HEAD, git's index as a tree, the tracked files as ``git stash create`` sees them: objects and
+refs only, nothing in the workspace changes), and removes that record when the run ends by itself. A record
+found on the next start is an interrupted run: :func:`recover` re-attaches HEAD, removes exactly the refs and
+queue entries DVC's ``finally`` would have removed, restores files that are not DVC's (``params.yaml``, the
+user's own edits) and git's index as they were, and leaves DVC's outputs and ``dvc.lock`` as the killed run
+left them, so that the stages it finished are not run again and training resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from unet.io import write_json
+
+STATE = Path(".dvc") / "tmp"
+REFS = "refs/unet/interrupted"  # keeps the recorded index tree and tracked files from git gc
+# what DVC's WorkspaceExecutor.cleanup removes (EXEC_HEAD and EXEC_APPLY outlive a run that ends normally)
+EXEC_REFS = ("refs/exps/exec/EXEC_BASELINE", "refs/exps/exec/EXEC_MERGE", "refs/exps/exec/EXEC_BRANCH")
+# an identity for the snapshot objects only (git stash create makes commits; they are never on a branch)
+SNAPSHOT_ID = {
+    f"GIT_{r}_{k}": v for r in ("AUTHOR", "COMMITTER") for k, v in (("NAME", "unet"), ("EMAIL", "unet@localhost"))
+}
+
+
+class RunError(RuntimeError):
+    """A run that cannot start here; the message says why in one line."""
+
+
+def git(repo: str | Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+    """``git ARGS`` in ``repo``: its stripped output; with ``check``, a failure is a one-line :class:`RunError`."""
+    r = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if check and r.returncode != 0:
+        last = (r.stderr or r.stdout).strip().splitlines()
+        raise RunError(f"git {args[0]}: {last[-1] if last else f'exit {r.returncode}'}")
+    return r.stdout.strip()
+
+
+@contextlib.contextmanager
+def exclusive(repo: str | Path, what: str, experiment: str | None = None) -> Iterator[str | None]:
+    """Run the body alone in ``repo``, after undoing what an interrupted run left there.
+
+    Yields what was recovered, in one line (``None`` when no run was interrupted). A body that raises an
+    ``Exception`` or returns ends the run; one stopped by a signal (SIGKILL, Ctrl-C) leaves the record for the
+    next start.
+
+    Raises:
+        RunError: another run holds the lock (nothing is touched), or git cannot record the state.
+    """
+    root = Path(repo)
+    (root / STATE).mkdir(parents=True, exist_ok=True)
+    with open(root / STATE / "unet-run.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            other = _holder(lock.read())
+            raise RunError(
+                f"another run is going on in {root.resolve()} ({other.get('what', 'unknown')}, pid "
+                f"{other.get('pid', '?')}, since {other.get('started', '?')}): wait for it or stop it; "
+                "nothing was touched"
+            ) from None
+        lock.truncate(0)  # who holds it, for a run that finds it taken
+        lock.write(json.dumps({"what": what, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        lock.flush()
+        report = recover(root)
+        _begin(root, what, experiment)
+        try:
+            yield report
+        except Exception:
+            _end(root)
+            raise
+        _end(root)
+
+
+def recover(repo: str | Path) -> str | None:
+    """Undo what an interrupted run of :func:`exclusive` left in ``repo``; say what was done in one line, or
+    return ``None`` when no run was interrupted. Call it only while holding the lock."""
+    root = Path(repo)
+    j = _journal(root)
+    if j is None:
+        return None
+    done = [*_dvc_refs(root, j.get("experiment")), _reattach(root, j)]
+    done.append(_restore_files(root, j["worktree"]))
+    done.append(_repair_lock(root, j["worktree"]))
+    done.append(_restore_index(root, j["index"]))
+    _end(root)
+    did = "; ".join(d for d in done if d) or "nothing of it was left to undo"
+    return f"an earlier run ({j['what']}, pid {j['pid']}, started {j['started']}) was interrupted: {did}"
+
+
+def _holder(text: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(text))
+    except ValueError:  # written between our open and its flush
+        return {}
+
+
+def _journal(root: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads((root / STATE / "unet-run.json").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _begin(root: Path, what: str, experiment: str | None) -> None:
+    head = git(root, "rev-parse", "HEAD")
+    index = git(root, "write-tree")  # git's index as it is, staged new files included
+    worktree = git(root, "stash", "create", env=SNAPSHOT_ID) or head  # tracked files; empty: no changes
+    git(root, "update-ref", f"{REFS}/index", index)
+    git(root, "update-ref", f"{REFS}/worktree", worktree)
+    write_json(
+        root / STATE / "unet-run.json",
+        {
+            "what": what,
+            "experiment": experiment,
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "epoch": time.time(),
+            "head_ref": git(root, "symbolic-ref", "-q", "HEAD", check=False) or None,
+            "head": head,
+            "index": index,
+            "worktree": worktree,
+        },
+    )
+
+
+def _end(root: Path) -> None:
+    (root / STATE / "unet-run.json").unlink(missing_ok=True)
+    for ref in ("index", "worktree"):
+        git(root, "update-ref", "-d", f"{REFS}/{ref}", check=False)
+
+
+def _dvc_refs(root: Path, experiment: str | None) -> list[str]:
+    """Remove DVC's run refs, the killed run's queue entry and a workspace stash DVC did not pop."""
+    from dvc.repo.experiments.refs import WORKSPACE_STASH
+    from dvc.repo.experiments.stash import ExpStash
+    from scmrepo.git import Git
+
+    done = []
+    refs = [r for r in EXEC_REFS if git(root, "rev-parse", "-q", "--verify", r, check=False)]
+    for ref in refs:
+        git(root, "update-ref", "-d", ref)
+    if refs:
+        done.append(f"{len(refs)} DVC run refs removed")
+    with Git(str(root)) as scm:
+        queued = [e for e in ExpStash(scm, WORKSPACE_STASH).stash_revs.values() if e.name == experiment]
+        ExpStash(scm, WORKSPACE_STASH).remove_revs(queued)
+    if queued:
+        done.append(f"{len(queued)} queued DVC experiment(s) dropped")
+    return done
+
+
+def _reattach(root: Path, j: dict[str, Any]) -> str | None:
+    """Re-attach HEAD to the branch it was on, when DVC left it detached and the branch has not moved."""
+    branch = j.get("head_ref")
+    if not branch or git(root, "symbolic-ref", "-q", "HEAD", check=False):
+        return None
+    if git(root, "rev-parse", "-q", "--verify", branch, check=False) != j["head"]:
+        return None
+    git(root, "symbolic-ref", "HEAD", branch)
+    return f"HEAD re-attached to {branch.removeprefix('refs/heads/')}"
+
+
+def _restore_files(root: Path, snapshot: str) -> str | None:
+    """Tracked files that are not DVC's (``params.yaml``, the user's edits) as they were before the run;
+    ``dvc.lock``, ``.gitignore`` files and stage outputs stay as the run left them (its finished stages)."""
+    managed = _dvc_paths(root)
+    changed = git(root, "diff", "--name-only", "--no-renames", snapshot).splitlines()
+    restore = [
+        p for p in changed if not p.endswith(".gitignore") and not any(p == m or p.startswith(m + "/") for m in managed)
+    ]
+    had = set(git(root, "ls-tree", "-r", "--name-only", snapshot, "--", *restore).splitlines()) if restore else set()
+    restore = [p for p in restore if p in had]
+    if not restore:
+        return None
+    git(root, "checkout", snapshot, "--", *restore)
+    return f"{', '.join(restore[:4])}{', ...' if len(restore) > 4 else ''} restored"
+
+
+def _repair_lock(root: Path, snapshot: str) -> str | None:
+    """``dvc.lock`` as it was before the run when the kill cut it short (DVC rewrites it in place after each
+    stage); the stages that the run finished then come back from DVC's run-cache instead of running again."""
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from dvc.utils import strictyaml
+
+    lock = root / "dvc.lock"
+    if not lock.exists():
+        return None
+    try:
+        strictyaml.load(str(lock), COMPILED_LOCKFILE_SCHEMA)
+        return None
+    except Exception:  # DVC's own validation: an empty, truncated or half-written file
+        pass
+    if subprocess.run(["git", "cat-file", "-e", f"{snapshot}:dvc.lock"], cwd=root, capture_output=True).returncode:
+        lock.unlink()
+    else:
+        git(root, "checkout", snapshot, "--", "dvc.lock")
+    return "dvc.lock, cut short by the kill, put back as it was before the run"
+
+
+def _restore_index(root: Path, tree: str) -> str | None:
+    """Git's index as it was before the run (the killed run's staged files unstaged, the user's kept)."""
+    staged = git(root, "diff", "--cached", "--name-only", tree).splitlines()
+    if not staged:
+        return None
+    git(root, "read-tree", tree)
+    git(root, "update-index", "-q", "--refresh", check=False)
+    return f"git's index restored ({len(staged)} file(s) unstaged)"
+
+
+def _dvc_paths(root: Path) -> set[str]:
+    """``dvc.lock`` and every stage output, as paths relative to the repository."""
+    from dvc.repo import Repo
+
+    paths = {"dvc.lock"}
+    with contextlib.suppress(Exception), Repo(str(root)) as repo:  # a broken dvc.yaml: dvc.lock alone
+        paths |= {os.path.relpath(o.fs_path, repo.root_dir) for o in repo.index.outs}
+    return paths
