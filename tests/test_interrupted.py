@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT
-from .test_pipeline import git, git_env, make_repo
+from .test_pipeline import experiments, git, git_env, make_repo
 
 # 3 folds (the fold count is a param), 20 steps in epochs of 5, a checkpoint every 10
 RUN_ARGS = (
@@ -85,11 +85,6 @@ def outs(repo: Path) -> dict[str, str]:
     """Every output in ``dvc.lock``: path -> md5."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     return {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
-
-
-def experiments(repo: Path) -> list[str]:
-    refs = git(repo, "for-each-ref", "refs/exps", "--format=%(objectname) %(refname)").splitlines()
-    return [r for r in refs if "/exec/" not in r]
 
 
 def weights(path: Path) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ def _fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "nvidia-smi").write_text(FAKE_SMI)
     (tmp_path / "nvidia-smi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr(presets, "gpu_devices", lambda: True)  # as /dev/nvidia0 would say
     assert presets.driver_gpus() == 2
 
 
@@ -40,6 +41,7 @@ def test_a_driver_without_a_usable_gpu_warns_and_picks_the_cpu_preset(backend, t
 def test_the_backend_decides_whatever_nvidia_smi_says(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")  # no nvidia-smi at all
     monkeypatch.setattr(presets, "backend_gpus", lambda: ("jax", 2))  # a GPU machine, as the backend reports it
+    monkeypatch.setattr(presets, "gpu_devices", lambda: True)  # (a container given GPUs: devices, no nvidia-smi)
     assert presets.resolve("auto") == "gpu" and presets.overrides("auto") == {}
     assert "warning" not in capsys.readouterr().err
     _fake_nvidia_smi(tmp_path, monkeypatch)
@@ -48,6 +50,15 @@ def test_the_backend_decides_whatever_nvidia_smi_says(tmp_path, monkeypatch, cap
 
 def test_a_backend_that_cannot_be_asked_is_no_gpu(monkeypatch, capsys):
     monkeypatch.setenv("KERAS_BACKEND", "no-such-backend")
+    monkeypatch.setattr(presets, "gpu_devices", lambda: True)
     assert presets.gpu_count() == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("presets: warning: could not ask the Keras backend for its GPUs (")
+
+
+def test_a_host_without_gpu_devices_is_not_probed(monkeypatch, capsys):
+    """No /dev/nvidia*, /dev/kfd or NVIDIA driver: 0 GPUs at once, without starting the backend."""
+    monkeypatch.setattr(presets, "gpu_devices", lambda: False)
+    monkeypatch.setattr(presets, "backend_gpus", lambda: pytest.fail("the backend was started"))
+    assert presets.resolve("auto") == "cpu"
+    assert capsys.readouterr().err.strip().splitlines() == ["presets: 0 GPU(s) found: using the 'cpu' preset"]

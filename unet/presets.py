@@ -76,6 +76,8 @@ def gpu_count() -> int:
     """GPUs the Keras backend can use, asked of the backend itself. Warns in one line when ``nvidia-smi``
     lists GPUs that the backend cannot use (a CPU-only build, a CUDA/driver mismatch), or when the backend
     cannot be asked (then 0)."""
+    if not gpu_devices():  # no GPU driver's device here: nothing for the backend to find (its start costs ~10 s)
+        return 0
     try:
         name, count = backend_gpus()
     except RuntimeError as exc:
@@ -104,6 +106,14 @@ def backend_gpus() -> tuple[str, int]:
     if r.returncode or len(words) < 2 or not words[-1].isdigit():
         raise RuntimeError((r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1])
     return words[-2], int(words[-1])
+
+
+def gpu_devices() -> bool:
+    """Whether this host has the device nodes of a GPU driver (NVIDIA's, also inside a container that was
+    given GPUs, or ROCm's): without them neither TensorFlow nor JAX can use a GPU."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd") or os.path.exists("/proc/driver/nvidia"))
 
 
 def driver_gpus() -> int:

@@ -60,9 +60,9 @@ def git(repo: str | Path, *args: str, check: bool = True, env: dict[str, str] | 
 def exclusive(repo: str | Path, what: str, experiment: str | None = None) -> Iterator[str | None]:
     """Run the body alone in ``repo``, after undoing what an interrupted run left there.
 
-    Yields what was recovered, in one line (``None`` when no run was interrupted). A body that raises an
-    ``Exception`` or returns ends the run; one stopped by a signal (SIGKILL, Ctrl-C) leaves the record for the
-    next start.
+    Yields what was recovered, in one line (``None`` when no run was interrupted). A body that returns, exits or
+    raises an ``Exception`` ends the run; one stopped by a signal (SIGKILL, Ctrl-C) leaves the record for the
+    next start, which undoes what is left (nothing, when DVC cleaned up after Ctrl-C itself).
 
     Raises:
         RunError: another run holds the lock (nothing is touched), or git cannot record the state.
@@ -87,7 +87,7 @@ def exclusive(repo: str | Path, what: str, experiment: str | None = None) -> Ite
         _begin(root, what, experiment)
         try:
             yield report
-        except Exception:
+        except (Exception, SystemExit):
             _end(root)
             raise
         _end(root)
