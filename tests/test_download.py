@@ -266,9 +266,11 @@ def test_a_network_that_answers_nothing_fails_within_the_budget(stall, tmp_path)
 
 def _write_set(d: Path, images: np.ndarray, labels: np.ndarray, test: np.ndarray | None = None) -> None:
     d.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(d / "train-volume.tif", images)
-    tifffile.imwrite(d / "train-labels.tif", labels)
-    tifffile.imwrite(d / "test-volume.tif", images if test is None else test)
+    rgb = images.ndim == 4  # else grey pages (tifffile would tag a 3-page stack RGB)
+    photometric = "rgb" if rgb else "minisblack"
+    tifffile.imwrite(d / "train-volume.tif", images, photometric=photometric)
+    tifffile.imwrite(d / "train-labels.tif", labels, photometric="minisblack")
+    tifffile.imwrite(d / "test-volume.tif", images if test is None else test, photometric=photometric)
 
 
 def _bad_sets(tmp_path: Path) -> dict[str, tuple[Path, str]]:
@@ -288,7 +290,11 @@ def _bad_sets(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     case("truncated", "train-volume.tif: unreadable or truncated TIFF", raw=("train-volume.tif", body[:2000]))
     case("not_tiff", "train-volume.tif: not a TIFF file", raw=("train-volume.tif", b"P5\n32 32\n255\n" + b"x" * 64))
     case("empty", "train-volume.tif: empty file", raw=("train-volume.tif", b""))
-    case("rgb", "RGB/multichannel stack", images=np.stack([images] * 3, -1))
+    case(
+        "rgb",
+        "train-volume.tif: RGB image of shape (4, 32, 32, 3) (axes QYXS): its colour channels differ",
+        images=np.stack([images, 255 - images, images], -1),
+    )
     case("length", "does not match", labels=labels[:3])
     case("size", "does not match", labels=labels[:, :30, :30])
     three = labels.copy()

@@ -86,3 +86,98 @@ def test_a_stage_refuses_an_output_that_is_one_of_its_inputs_before_any_work(tmp
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"split: error: {out}: output --out would overwrite the input"), err
     assert not ran and (raw / "train-volume.tif").read_bytes() == b"the user's data"
+
+
+def _layouts(tmp_path, grey):
+    """One file per channel layout a PNG or TIFF can hold, each of the grey slices ``grey`` (N, H, W) or not."""
+    g = grey[0]
+    rgb = np.stack([g, g, g], -1)
+    files = {}
+
+    def png(name, arr, mode=None):
+        Image.fromarray(arr, mode) if mode else Image.fromarray(arr)
+        (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(tmp_path / name)
+        files[name] = tmp_path / name
+
+    png("grey.png", g)
+    png("grey-alpha.png", np.stack([g, np.full_like(g, 255)], -1))
+    png("rgb.png", rgb)
+    png("rgba.png", np.concatenate([rgb, np.full_like(g, 255)[..., None]], -1))
+    Image.fromarray(g).convert("P").save(tmp_path / "palette.png")  # a grey palette
+    files["palette.png"] = tmp_path / "palette.png"
+    Image.fromarray(g.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    files["grey16.png"] = tmp_path / "grey16.png"
+    tifffile.imwrite(tmp_path / "rgb-last.tif", np.stack([grey] * 3, -1), photometric="rgb")
+    files["rgb-last.tif"] = tmp_path / "rgb-last.tif"
+    hyper = np.stack([grey, grey], 1)  # ZCYX, 2 channels, one page each
+    tifffile.imwrite(tmp_path / "channels-first.tif", hyper, imagej=True, metadata={"axes": "ZCYX"})
+    files["channels-first.tif"] = tmp_path / "channels-first.tif"
+    return files
+
+
+def test_every_channel_layout_of_grey_slices_reads_as_the_grey_slices(tmp_path):
+    grey = (np.arange(3 * 6 * 10).reshape(3, 6, 10) * 2 % 251).astype(np.uint8)
+    for name, path in _layouts(tmp_path, grey).items():
+        want = grey if name.endswith(".tif") else grey[:1]
+        if name == "grey16.png":
+            want = want.astype(np.uint16) * 257
+        info = stack_info(path)
+        assert (info.slices, info.height, info.width, info.dtype) == (*want.shape, want.dtype), name
+        np.testing.assert_array_equal(read_stack(path), want, err_msg=name)
+        np.testing.assert_array_equal(np.stack(list(iter_slices(path))), want, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("name", "arr", "expect"),
+    [
+        (
+            "colour.png",
+            np.stack([np.zeros((6, 10)), np.ones((6, 10)), np.zeros((6, 10))], -1),
+            "colour channels differ",
+        ),
+        ("transparent.png", np.stack([np.zeros((6, 10)), np.eye(6, 10) * 255], -1), "alpha channel is not uniform"),
+        (
+            "colour.tif",
+            np.stack([np.zeros((2, 6, 10)), np.ones((2, 6, 10)), np.zeros((2, 6, 10))], -1),
+            "colour channels differ",
+        ),
+        ("five.tif", np.zeros((2, 5, 6, 10)), "5 channels"),
+    ],
+)
+def test_colour_transparent_or_many_channel_images_are_refused_in_one_line(tmp_path, name, arr, expect):
+    path = tmp_path / name
+    arr = arr.astype(np.uint8)
+    if name.endswith(".png"):
+        Image.fromarray(arr).save(path)
+    elif name == "five.tif":
+        tifffile.imwrite(path, arr, imagej=True, metadata={"axes": "ZCYX"})
+    else:
+        tifffile.imwrite(path, arr, photometric="rgb")
+    with pytest.raises(DataError) as err:
+        list(iter_slices(path)) if name == "five.tif" else read_stack(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and expect in msg and "shape" in msg and "\n" not in msg, msg
+
+
+def test_unet_predict_refuses_a_colour_png_in_one_line(tmp_path, capsys):
+    from unet.cli import main
+
+    colour = np.zeros((64, 64, 3), np.uint8)
+    colour[..., 1] = 200
+    Image.fromarray(colour).save(tmp_path / "slice-rgb.png")
+    with pytest.raises(SystemExit) as exc:  # checked before the model is loaded
+        main(
+            [
+                "predict",
+                str(tmp_path / "slice-rgb.png"),
+                str(tmp_path / "out.tif"),
+                "--models",
+                str(tmp_path / "m.keras"),
+            ]
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 1 and len(err) == 1, err
+    assert (
+        f"{tmp_path / 'slice-rgb.png'}: RGB image of shape (64, 64, 3)" in err[0] and "colour channels differ" in err[0]
+    )
+    assert not (tmp_path / "out.tif").exists()

@@ -18,11 +18,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tifffile
+
+from unet import channels
 
 logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings duplicate the exception we raise
 
@@ -75,13 +78,8 @@ def stack_info(path: str | Path, *, name: str | None = None) -> StackInfo:
         return StackInfo(1, one.shape[1], one.shape[2], one.dtype)
     with _open_tiff(path, label) as tif:
         series = tif.series[0]
-        shape = tuple(int(n) for n in series.shape)
-        if len(shape) == 2:
-            shape = (1, *shape)
-        if len(shape) != 3:
-            kind = "RGB/multichannel" if len(shape) == 4 and shape[-1] in (3, 4) else f"{len(shape)}-D"
-            raise DataError(f"{label}: {kind} stack of shape {shape}; expected grey pages (N, H, W)")
-        return StackInfo(shape[0], shape[1], shape[2], np.dtype(series.dtype))
+        n, h, w, _ = _checked(channels.check, tuple(int(n) for n in series.shape), series.axes, label)
+        return StackInfo(n, h, w, np.dtype(series.dtype))
 
 
 def iter_slices(path: str | Path, *, name: str | None = None) -> Iterator[np.ndarray]:
@@ -107,12 +105,41 @@ def iter_slices(path: str | Path, *, name: str | None = None) -> Iterator[np.nda
         yield _read_file(path, label)[0]
         return
     with _open_tiff(path, label) as tif:
-        for i in range(info.slices):
+        series = tif.series[0]
+        for i, (keys, axes) in enumerate(_pages(series, info.slices)):
             try:
-                page = tif.asarray(key=i, series=0) if info.slices > 1 else tif.asarray(series=0)
+                page = tif.asarray(key=keys, series=0) if keys is not None else tif.asarray(series=0)
             except (ValueError, OSError, IndexError, KeyError) as exc:
                 raise DataError(f"{label}: unreadable or truncated TIFF at slice {i} ({_first_line(exc)})") from exc
-            yield check_stack(page, f"{label} slice {i}")[0]
+            yield check_stack(_checked(channels.grey, page, axes, label), f"{label} slice {i}")[0]
+
+
+def _pages(series: Any, slices: int) -> Iterator[tuple[Any, str]]:
+    """For each slice of a TIFF series, the keys of its pages (``None``: the whole series) and their axes: one
+    page a slice, or one page per channel of a slice (ImageJ hyperstacks: a ``C`` axis before the page's)."""
+    page_axes = series.keyframe.axes
+    lead_axes = series.axes[: len(series.axes) - len(page_axes)]
+    lead = tuple(int(n) for n in series.shape[: len(lead_axes)])
+    if slices == 1 and prod(lead) == 1:
+        yield None, series.axes
+        return
+    c = lead_axes.find("C") if "C" in lead_axes and lead[lead_axes.index("C")] > 1 else -1
+    if c < 0:
+        yield from ((i, page_axes) for i in range(slices))
+        return
+    rest = lead[:c] + lead[c + 1 :]
+    for j in range(slices):
+        idx = tuple(int(k) for k in np.unravel_index(j, rest)) if rest else ()
+        keys = [int(np.ravel_multi_index((*idx[:c], k, *idx[c:]), lead)) for k in range(lead[c])]
+        yield keys, "C" + page_axes
+
+
+def _checked(check: Any, *args: Any) -> Any:
+    """``check(*args)`` with a :class:`unet.channels.LayoutError` as a :class:`DataError`."""
+    try:
+        return check(*args)
+    except channels.LayoutError as exc:
+        raise DataError(str(exc)) from None
 
 
 def read_stack(path: str | Path, *, name: str | None = None) -> np.ndarray:
@@ -133,13 +160,28 @@ def _read_file(path: Path, label: str) -> np.ndarray:
     """Decode one TIFF (any page count) or PNG file to a checked ``(N, H, W)`` array."""
     with _decoding(path, label):
         if _is_png(path):
-            from PIL import Image
-
-            with Image.open(path) as img:
-                arr = np.asarray(img)
+            arr = _png(path, label)
+            arr = _checked(channels.grey, arr, channels.png_axes(arr), label)
         else:
-            arr = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                arr = _checked(channels.grey, series.asarray(), series.axes, label)
     return check_stack(arr, label)
+
+
+def _png(path: Path, label: str) -> np.ndarray:
+    """A PNG's pixels: grey (8/16-bit), grey+alpha, RGB or RGBA; a palette image through its palette."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        mode = img.mode
+        if mode in ("P", "PA"):
+            return np.asarray(img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB"))
+        if mode == "1":
+            return np.asarray(img.convert("L"))
+        if not mode.startswith(("L", "RGB", "I", "F")):
+            raise DataError(f"{label}: PNG of mode {mode}; expected grey, grey+alpha, RGB, RGBA or a palette")
+        return np.asarray(img)
 
 
 @contextlib.contextmanager
