@@ -184,9 +184,9 @@ def pipeline(
 
     Alone in the repository: a run killed before recorded where the repository stood, and what it left is
     undone first (:mod:`unet.ops.recovery`); the stages it finished are not run again."""
-    with exclusive(repo, f"flow run '{experiment}'", experiment) as recovered:
-        if recovered:
-            get_run_logger().warning("%s; resuming", recovered)
+    with exclusive(repo, f"flow run '{experiment}'", experiment) as run:
+        if run.recovered:
+            get_run_logger().warning("%s; resuming", run.recovered)
         gpus = gpus if gpus is not None else int(os.environ.get("UNET_GPUS", "0")) or None
         dvc_pull(repo)
         set_params(repo, overrides(preset, steps, precision, xla, gpus))

@@ -172,7 +172,10 @@ def test_a_killed_make_run_resumes_to_the_uninterrupted_result_and_keeps_the_use
     assert not (repo / ".dvc" / "tmp" / "unet-run.json").exists()
     print(f"resumed run after 5 kills: {time.monotonic() - t0:.1f} s")
 
-    # unchanged: a no-op that applies the same experiment
+    # unchanged, once the user's edits are committed or gone: a no-op that applies the same experiment (with
+    # edits about, it runs again instead, as `dvc exp apply` would overwrite them: tests/test_recovery.py)
+    git(repo, "checkout", "README.md")
+    (repo / "notes.txt").unlink()
     exp = experiments(repo)
     t0 = time.monotonic()
     again = subprocess.run(make_run(repo, isbi), env=env(isbi), capture_output=True, text=True)

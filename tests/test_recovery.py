@@ -15,12 +15,13 @@ import pytest
 
 from unet.ops import recovery
 
-from .test_pipeline import git, git_env
+from .test_pipeline import experiments, git, git_env
 
 DVC_YAML = """\
 stages:
   a:
     cmd: python -c "import yaml; p = yaml.safe_load(open('params.yaml'))['p']; open('a.txt', 'w').write(str(p))"
+    deps: [code.py]
     params: [p]
     outs: [a.txt]
   b:
@@ -32,9 +33,9 @@ stages:
 DRIVER = """\
 import subprocess, sys
 from unet.ops.recovery import exclusive
-with exclusive(".", "experiment 'x'", "x") as recovered:
-    print(recovered or "nothing to recover", file=sys.stderr, flush=True)
-    sys.exit(subprocess.run(["dvc", "exp", "run", "-n", "x", "-S", "p=2"]).returncode)
+with exclusive(".", "experiment 'x'", "x") as run:
+    print(run.recovered or "nothing to recover", file=sys.stderr, flush=True)
+    sys.exit(subprocess.run(["dvc", "exp", "run", "-n", "x", "-S", "p=2"], pass_fds=(run.fd,)).returncode)
 """
 
 
@@ -56,12 +57,13 @@ def wait_for(path: Path, proc: subprocess.Popen) -> None:
     pytest.fail(f"{path} never appeared")
 
 
-def test_a_killed_dvc_exp_run_is_recovered_and_resumed_and_a_second_run_is_refused(tmp_path):
+def toy_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "dvc.yaml").write_text(DVC_YAML)
     (repo / "params.yaml").write_text("p: 1\n")
     (repo / "README.md").write_text("committed\n")
+    (repo / "code.py").write_text("# the stage's code\n")
     env = git_env()
     for cmd in (
         ["git", "init", "-q", "-b", "main"],
@@ -70,6 +72,11 @@ def test_a_killed_dvc_exp_run_is_recovered_and_resumed_and_a_second_run_is_refus
         ["git", "commit", "-qm", "toy"],
     ):
         subprocess.run(cmd, cwd=repo, check=True, env=env, capture_output=True)
+    return repo
+
+
+def test_a_killed_dvc_exp_run_is_recovered_and_resumed_and_a_second_run_is_refused(tmp_path):
+    repo = toy_repo(tmp_path)
     head = git(repo, "rev-parse", "HEAD")
     (repo / "README.md").write_text("my unstaged edit\n")
     (repo / "notes.txt").write_text("my staged new file\n")
@@ -104,3 +111,26 @@ def test_a_killed_dvc_exp_run_is_recovered_and_resumed_and_a_second_run_is_refus
     assert not [r for r in refs if r.startswith(("refs/unet/", *recovery.EXEC_REFS))], refs
     assert [r for r in refs if r.endswith("/x") and r.startswith("refs/exps/")]  # the experiment was made
     assert not (repo / ".dvc" / "tmp" / "unet-run.json").exists()
+
+
+def test_a_rerun_is_a_no_op_only_for_the_same_params_and_code_and_never_over_the_users_edits(tmp_path):
+    from unet.presets import unchanged_experiment, user_edits
+
+    repo = toy_repo(tmp_path)
+    (repo / "go").touch()
+    r = subprocess.run(
+        ["dvc", "exp", "run", "-n", "x", "-S", "p=2"], cwd=repo, env=git_env(), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    sha = next(line.split()[0] for line in experiments(repo))
+    assert unchanged_experiment(repo, "x", ["-S", "p=2"]) == sha
+    assert unchanged_experiment(repo, "x", ["-S", "p=3"]) is None  # other params
+    assert unchanged_experiment(repo, "x", ["-S", "p=2", "--force"]) is None  # an option of DVC's: run
+    assert unchanged_experiment(repo, "y", ["-S", "p=2"]) is None  # no such experiment
+    (repo / "code.py").write_text("# changed code\n")
+    assert unchanged_experiment(repo, "x", ["-S", "p=2"]) is None
+    (repo / "code.py").write_text("# the stage's code\n")
+    assert unchanged_experiment(repo, "x", ["-S", "p=2"]) == sha
+    assert user_edits(repo) == []  # the experiment's params and outputs are not the user's edits
+    (repo / "README.md").write_text("my edit\n")
+    assert user_edits(repo) == ["README.md"]  # so `dvc exp apply` would overwrite it: the run happens instead

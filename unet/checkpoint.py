@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def _damage(fs: Any, path: str, meta: dict[str, Any]) -> str | None:
     try:
         with np.load(io.BytesIO(state)) as npz:
             npz.files  # noqa: B018 (reads the zip directory)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         return f"state.npz unreadable: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}"
     return None
 

@@ -271,9 +271,11 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
 
     The one writer of everything the pipeline and ``unet predict`` write: what is written under the
     temporary name is flushed to the disk (``fsync`` of every file and directory in it), renamed into place,
-    and the rename itself made durable (``fsync`` of the parent directory). A process killed at any moment,
-    or a machine that loses power, leaves either the old ``dest`` or the new one, never a part of either.
-    A directory that ``dest`` replaces is moved aside first and removed only once the new one is in place.
+    and the rename itself made durable (``fsync`` of the parent directory). A file ``dest`` is replaced in one
+    rename: a process killed at any moment, or a machine that loses power, leaves the old file or the new one,
+    never a part of either. A directory ``dest`` is moved aside first and removed once the new one is in place
+    (between the two renames it is missing, never partial); a killed writer leaves its ``.<name>.*`` temporary
+    directory beside ``dest``.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -329,8 +331,7 @@ def overlaps(a: str | Path, b: str | Path) -> bool:
 
 
 def check_outputs(outputs: dict[str, str | Path], inputs: dict[str, str | Path]) -> None:
-    """Refuse, before any work, an output that would overwrite an input or an existing directory it does
-    not own.
+    """Refuse, before any work, an output that would overwrite an input (see :func:`overlaps`).
 
     Raises:
         DataError: naming the output and the input it overlaps.

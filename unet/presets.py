@@ -110,10 +110,13 @@ def backend_gpus() -> tuple[str, int]:
 
 def gpu_devices() -> bool:
     """Whether this host has the device nodes of a GPU driver (NVIDIA's, also inside a container that was
-    given GPUs, or ROCm's): without them neither TensorFlow nor JAX can use a GPU."""
+    given GPUs, ROCm's, WSL2's) or ``nvidia-smi``: without them neither TensorFlow nor JAX can use a GPU."""
     import glob
 
-    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd") or os.path.exists("/proc/driver/nvidia"))
+    nodes = glob.glob("/dev/nvidia[0-9]*") + [
+        p for p in ("/dev/kfd", "/dev/dxg", "/proc/driver/nvidia") if os.path.exists(p)
+    ]
+    return bool(nodes or shutil.which("nvidia-smi"))  # /dev/dxg: CUDA under WSL2
 
 
 def driver_gpus() -> int:
@@ -205,30 +208,54 @@ def from_baseline(cwd: str | Path = ".") -> None:
 
 def run_experiment(name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path = ".") -> int:
     """``dvc exp run -n NAME -S ...`` in ``cwd`` from the committed params, alone in the repository and after
-    undoing what an interrupted run left (:mod:`unet.ops.recovery`).
+    undoing what an interrupted run left (:mod:`unet.ops.recovery`)."""
+    with recovery.exclusive(cwd, f"experiment '{name}'", name) as run:
+        if run.recovered:
+            print(f"presets: {run.recovered}; resuming", file=sys.stderr)
+        return _run_experiment(name, overrides, extra, cwd, run.fd)
 
-    An experiment of the same name on this commit whose params and tracked files equal this run's is applied
-    to the workspace (``dvc exp apply``) instead: the same experiment, the same model, nothing run. Any other
-    one of that name is replaced; DVC's run-cache restores every stage whose inputs did not change."""
-    with recovery.exclusive(cwd, f"experiment '{name}'", name) as recovered:
-        if recovered:
-            print(f"presets: {recovered}; resuming", file=sys.stderr)
-        from_baseline(cwd)
-        sets = [*set_args(overrides), *extra]
-        same = unchanged_experiment(cwd, name, sets)
-        if same:
-            print(
-                f"presets: experiment '{name}' ({same[:7]}) already ran these params and code: applying it",
-                file=sys.stderr,
-            )
-            return subprocess.run(["dvc", "exp", "apply", name], cwd=cwd).returncode
-        if name in experiments_of_head(cwd):
-            print(f"presets: replacing experiment '{name}' of this commit", file=sys.stderr)
-            subprocess.run(["dvc", "exp", "remove", name], cwd=cwd, check=True)
-        stage_gitignores(cwd)
-        cmd = ["dvc", "exp", "run", "-n", name, *sets]
-        print(f"presets: {' '.join(cmd)}", file=sys.stderr)
-        return subprocess.run(cmd, cwd=cwd, env={**os.environ, **experiment_env(cwd)}).returncode
+
+def _run_experiment(name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path, fd: int) -> int:
+    """The experiment, with the repository's lock held (``fd``, passed on to DVC so that it holds it too).
+
+    An experiment of the same name on this commit whose params and stage inputs equal this run's is applied to
+    the workspace (``dvc exp apply``) instead, when the workspace holds no edits of the user's: the same
+    experiment, the same model, nothing run. Any other one of that name is replaced; DVC's run-cache restores
+    every stage whose inputs did not change."""
+    from_baseline(cwd)
+    sets = [*set_args(overrides), *extra]
+    same = unchanged_experiment(cwd, name, sets)
+    edits = user_edits(cwd) if same else []
+    if same and not edits:
+        print(
+            f"presets: experiment '{name}' ({same[:7]}) already ran these params and code: applying it", file=sys.stderr
+        )
+        if subprocess.run(["dvc", "exp", "apply", name], cwd=cwd, pass_fds=(fd,)).returncode == 0:
+            return 0
+        print(f"presets: applying '{name}' failed: running it instead", file=sys.stderr)
+    elif same:
+        shown = ", ".join(edits[:3]) + (", ..." if len(edits) > 3 else "")
+        print(f"presets: running '{name}' again rather than applying it over your edits ({shown})", file=sys.stderr)
+    if name in experiments_of_head(cwd):
+        print(f"presets: replacing experiment '{name}' of this commit", file=sys.stderr)
+        subprocess.run(["dvc", "exp", "remove", name], cwd=cwd, check=True, pass_fds=(fd,))
+    stage_gitignores(cwd)
+    cmd = ["dvc", "exp", "run", "-n", name, *sets]
+    print(f"presets: {' '.join(cmd)}", file=sys.stderr)
+    return subprocess.run(cmd, cwd=cwd, env={**os.environ, **experiment_env(cwd)}, pass_fds=(fd,)).returncode
+
+
+def user_edits(cwd: str | Path = ".") -> list[str]:
+    """Uncommitted changes of tracked or staged files other than ``params.yaml`` and DVC's files (``dvc.lock``,
+    ``.gitignore`` files, stage outputs): what ``dvc exp apply`` would overwrite."""
+    from unet.ops.recovery import dvc_paths
+
+    managed = dvc_paths(Path(cwd)) | {"params.yaml"}
+    status = recovery.names(Path(cwd), "status", "--porcelain", "-z", "--untracked-files=no", "--no-renames")
+    paths = [entry[3:] for entry in status]  # "XY path"
+    return [
+        p for p in paths if Path(p).name != ".gitignore" and not any(p == m or p.startswith(m + "/") for m in managed)
+    ]
 
 
 def experiments_of_head(cwd: str | Path = ".") -> dict[str, str]:
@@ -239,32 +266,38 @@ def experiments_of_head(cwd: str | Path = ".") -> dict[str, str]:
 
 
 def unchanged_experiment(cwd: str | Path, name: str, sets: list[str]) -> str | None:
-    """The commit of experiment ``name`` on HEAD when it ran exactly what ``dvc exp run -S SETS`` would run
-    now: the same ``params.yaml`` as DVC would write it, the same ``dvc.yaml`` and the same code and other
-    files that the stages depend on (outputs aside); else ``None``. Options other than ``-S`` (``--force``,
-    ...) always run."""
+    """The commit of experiment ``name`` on HEAD when it ran all of what ``dvc exp run -S SETS`` would run now:
+    every stage of ``dvc.yaml`` in its ``dvc.lock``, the same ``params.yaml`` as DVC would write it, the same
+    ``dvc.yaml`` and the same code and other files that the stages depend on (outputs aside); else ``None``.
+    Options other than ``-S`` (``--force``, ...) always run."""
     sha = experiments_of_head(cwd).get(name)
     values = [v for flag, v in zip(sets[::2], sets[1::2], strict=False) if flag in ("-S", "--set-param")]
     if sha is None or len(sets) != 2 * len(values):
         return None
     from dvc.utils.hydra import apply_overrides
+    from ruamel.yaml import YAML
 
     with tempfile.TemporaryDirectory() as tmp:
         params = Path(tmp) / "params.yaml"
         shutil.copy(Path(cwd) / "params.yaml", params)
-        apply_overrides(params, values)  # what `dvc exp run -S` does to params.yaml
+        if values:  # with no -S, DVC leaves params.yaml as it is
+            apply_overrides(params, values)  # what `dvc exp run -S` does to params.yaml
         if params.read_text() != recovery.git(cwd, "show", f"{sha}:params.yaml", check=False) + "\n":
             return None
-    inputs = stage_inputs(cwd)
+    inputs, stages = stage_inputs(cwd)
+    locked = YAML(typ="safe", pure=True).load(recovery.git(cwd, "show", f"{sha}:dvc.lock", check=False) or "{}")
+    if not set(stages) <= set((locked or {}).get("stages", {})):
+        return None
     listed = recovery.git(cwd, "ls-tree", "-r", sha, "--", *inputs).splitlines()  # "<mode> blob <sha>\t<path>"
     ran = {path: meta.split()[2] for meta, path in (line.split("\t", 1) for line in listed)}
     now = recovery.git(cwd, "hash-object", "--", *inputs).split()
     return sha if ran == dict(zip(inputs, now, strict=True)) else None
 
 
-def stage_inputs(cwd: str | Path = ".") -> list[str]:
-    """``dvc.yaml`` and every file a stage depends on that no stage writes (the code), relative to ``cwd``;
-    params files aside (compared as ``dvc exp run -S`` would write them)."""
+def stage_inputs(cwd: str | Path = ".") -> tuple[list[str], list[str]]:
+    """``dvc.yaml`` and every file a stage depends on that no stage writes (the code; a directory as the files
+    git tracks in it), relative to ``cwd``, params files aside (compared as ``dvc exp run -S`` writes them);
+    and the names of the stages (``train@0``, ...)."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
@@ -276,8 +309,12 @@ def stage_inputs(cwd: str | Path = ".") -> list[str]:
             for d in s.deps
             if d.protocol == "local" and not isinstance(d, ParamsDependency)
         }
-        inside = [d for d in deps if not any(d == o or d.startswith(o + os.sep) for o in outs)]
-        return sorted({"dvc.yaml", *(os.path.relpath(d, repo.root_dir) for d in inside if os.path.isfile(d))})
+        inside = [
+            os.path.relpath(d, repo.root_dir) for d in deps if not any(d == o or d.startswith(o + os.sep) for o in outs)
+        ]
+        stages = [s.name for s in repo.index.stages]
+    files = [f for d in inside for f in (recovery.git(cwd, "ls-files", "--", d).splitlines() or [d])]
+    return sorted({"dvc.yaml", *(f for f in files if (Path(cwd) / f).is_file())}), stages
 
 
 def stage_gitignores(cwd: str | Path = ".") -> None:
@@ -315,16 +352,17 @@ def main(argv: list[str] | None = None) -> None:
         check(PRESETS[name], args.params)
         print(" ".join(set_args(PRESETS[name])))
         return
-    try:
-        with recovery.exclusive(".", f"python -m unet.presets run {args.preset}", args.name) as recovered:
-            if recovered:  # undone here, before the GPU probe, so the experiment's own guard finds nothing
-                print(f"presets: {recovered}; resuming", file=sys.stderr)
+    try:  # the lock first: a second run is refused at once, before the GPU probe
+        with recovery.exclusive(".", f"python -m unet.presets run {args.preset}", args.name or args.preset) as run:
+            if run.recovered:
+                print(f"presets: {run.recovered}; resuming", file=sys.stderr)
             name = resolve(args.preset)
             check(PRESETS[name], args.params)  # a preset the config rejects fails here, before DVC runs anything
-        sys.exit(run_experiment(args.name or name, PRESETS[name], extra))
+            code = _run_experiment(args.name or name, PRESETS[name], extra, ".", run.fd)
     except recovery.RunError as exc:
         print(f"presets: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    sys.exit(code)
 
 
 def overrides(

@@ -28,6 +28,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +57,31 @@ def git(repo: str | Path, *args: str, check: bool = True, env: dict[str, str] | 
     return r.stdout.strip()
 
 
-@contextlib.contextmanager
-def exclusive(repo: str | Path, what: str, experiment: str | None = None) -> Iterator[str | None]:
-    """Run the body alone in ``repo``, after undoing what an interrupted run left there.
+@dataclass(frozen=True)
+class Run:
+    """A run holding the repository: what an interrupted one left and was undone (one line, or ``None``), and
+    the lock's file descriptor, to pass to the processes the run starts (``pass_fds``) so that the lock is
+    held while any of them lives, not only while this process does."""
 
-    Yields what was recovered, in one line (``None`` when no run was interrupted). A body that returns, exits or
-    raises an ``Exception`` ends the run; one stopped by a signal (SIGKILL, Ctrl-C) leaves the record for the
-    next start, which undoes what is left (nothing, when DVC cleaned up after Ctrl-C itself).
+    recovered: str | None
+    fd: int
+
+
+@contextlib.contextmanager
+def exclusive(repo: str | Path, what: str, experiment: str | None = None) -> Iterator[Run]:
+    """Run the body alone in the DVC repository holding ``repo``, after undoing what an interrupted run left.
+
+    A body that returns, exits or raises an ``Exception`` ends the run, unless DVC's own run state is still
+    there (its process was killed under this one): then, as after a signal (SIGKILL, SIGTERM, Ctrl-C), the
+    record stays for the next start, which undoes what is left.
 
     Raises:
-        RunError: another run holds the lock (nothing is touched), or git cannot record the state.
+        RunError: another run holds the lock, or DVC's workspace run is still alive (nothing is touched), or
+            git cannot record the state.
     """
-    root = Path(repo)
+    from dvc.repo import Repo
+
+    root = Path(Repo.find_root(str(repo)))
     (root / STATE).mkdir(parents=True, exist_ok=True)
     with open(root / STATE / "unet-run.lock", "a+") as lock:
         try:
@@ -76,7 +90,7 @@ def exclusive(repo: str | Path, what: str, experiment: str | None = None) -> Ite
             lock.seek(0)
             other = _holder(lock.read())
             raise RunError(
-                f"another run is going on in {root.resolve()} ({other.get('what', 'unknown')}, pid "
+                f"another run is going on in {root} ({other.get('what', 'unknown')}, pid "
                 f"{other.get('pid', '?')}, since {other.get('started', '?')}): wait for it or stop it; "
                 "nothing was touched"
             ) from None
@@ -86,27 +100,64 @@ def exclusive(repo: str | Path, what: str, experiment: str | None = None) -> Ite
         report = recover(root)
         _begin(root, what, experiment)
         try:
-            yield report
+            yield Run(report, lock.fileno())
         except (Exception, SystemExit):
-            _end(root)
+            if not _dvc_left_state(root):
+                _end(root)
             raise
-        _end(root)
+        if not _dvc_left_state(root):
+            _end(root)
 
 
 def recover(repo: str | Path) -> str | None:
     """Undo what an interrupted run of :func:`exclusive` left in ``repo``; say what was done in one line, or
-    return ``None`` when no run was interrupted. Call it only while holding the lock."""
+    return ``None`` when no run was interrupted. Call it only while holding the lock.
+
+    Files and git's index are put back only while HEAD is still the commit the run started from, and a file
+    only where it holds what DVC put there (HEAD's version after DVC's ``reset --hard``, or the experiment's,
+    as ``params.yaml``): an edit made since is never overwritten.
+
+    Raises:
+        RunError: DVC's workspace run (``.dvc/tmp/exps/run/workspace``) is still alive.
+    """
     root = Path(repo)
     j = _journal(root)
     if j is None:
         return None
-    done = [*_dvc_refs(root, j.get("experiment")), _reattach(root, j)]
-    done.append(_restore_files(root, j["worktree"]))
-    done.append(_repair_lock(root, j["worktree"]))
-    done.append(_restore_index(root, j["index"]))
+    _check_dvc_dead(root)
+    done = []
+    if git(root, "rev-parse", "HEAD") == j["head"]:
+        merge = git(root, "rev-parse", "-q", "--verify", EXEC_REFS[1], check=False)  # the experiment's commit
+        ours = ["HEAD", *([merge] if merge else []), *_queued(root, j.get("experiment"))]
+        done += [_restore_files(root, j["worktree"], ours), _repair_lock(root, j["worktree"])]
+        done.append(_restore_index(root, j["index"]))
+    else:
+        done.append("HEAD moved since, so files and git's index were left as they are")
+    done += [*_dvc_refs(root, j.get("experiment")), _reattach(root, j)]
     _end(root)
     did = "; ".join(d for d in done if d) or "nothing of it was left to undo"
     return f"an earlier run ({j['what']}, pid {j['pid']}, started {j['started']}) was interrupted: {did}"
+
+
+def _check_dvc_dead(root: Path) -> None:
+    import psutil
+
+    try:
+        pid = int(json.loads((root / STATE / "exps" / "run" / "workspace" / "workspace.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        proc = psutil.Process(pid)  # not a zombie, and DVC's (a pid reused since by another program is not)
+        alive = proc.status() != psutil.STATUS_ZOMBIE and "dvc" in " ".join(proc.cmdline())
+    except psutil.Error:  # no such process
+        alive = False
+    if alive:
+        raise RunError(f"DVC's experiment run (pid {pid}) is still going on in {root}: wait for it or stop it")
+
+
+def _dvc_left_state(root: Path) -> bool:
+    """Whether a ``dvc exp run``/``save`` died here without its cleanup (its run refs are still set)."""
+    return any(git(root, "rev-parse", "-q", "--verify", r, check=False) for r in EXEC_REFS[:2])
 
 
 def _holder(text: str) -> dict[str, Any]:
@@ -152,7 +203,7 @@ def _end(root: Path) -> None:
 
 
 def _dvc_refs(root: Path, experiment: str | None) -> list[str]:
-    """Remove DVC's run refs, the killed run's queue entry and a workspace stash DVC did not pop."""
+    """Remove DVC's run refs and the killed run's entry in DVC's queue (``refs/exps/stash``)."""
     from dvc.repo.experiments.refs import WORKSPACE_STASH
     from dvc.repo.experiments.stash import ExpStash
     from scmrepo.git import Git
@@ -164,11 +215,22 @@ def _dvc_refs(root: Path, experiment: str | None) -> list[str]:
     if refs:
         done.append(f"{len(refs)} DVC run refs removed")
     with Git(str(root)) as scm:
-        queued = [e for e in ExpStash(scm, WORKSPACE_STASH).stash_revs.values() if e.name == experiment]
-        ExpStash(scm, WORKSPACE_STASH).remove_revs(queued)
+        stash = ExpStash(scm, WORKSPACE_STASH)
+        queued = [e for e in stash.stash_revs.values() if e.name == experiment]
+        stash.remove_revs(queued)
     if queued:
         done.append(f"{len(queued)} queued DVC experiment(s) dropped")
     return done
+
+
+def _queued(root: Path, experiment: str | None) -> list[str]:
+    """The commits of ``experiment``'s entries in DVC's queue (``dvc exp run`` killed before it started)."""
+    from dvc.repo.experiments.refs import WORKSPACE_STASH
+    from dvc.repo.experiments.stash import ExpStash
+    from scmrepo.git import Git
+
+    with Git(str(root)) as scm:
+        return [rev for rev, e in ExpStash(scm, WORKSPACE_STASH).stash_revs.items() if e.name == experiment]
 
 
 def _reattach(root: Path, j: dict[str, Any]) -> str | None:
@@ -182,20 +244,35 @@ def _reattach(root: Path, j: dict[str, Any]) -> str | None:
     return f"HEAD re-attached to {branch.removeprefix('refs/heads/')}"
 
 
-def _restore_files(root: Path, snapshot: str) -> str | None:
-    """Tracked files that are not DVC's (``params.yaml``, the user's edits) as they were before the run;
-    ``dvc.lock``, ``.gitignore`` files and stage outputs stay as the run left them (its finished stages)."""
-    managed = _dvc_paths(root)
-    changed = git(root, "diff", "--name-only", "--no-renames", snapshot).splitlines()
-    restore = [
-        p for p in changed if not p.endswith(".gitignore") and not any(p == m or p.startswith(m + "/") for m in managed)
+def _restore_files(root: Path, snapshot: str, dvc_wrote: list[str]) -> str | None:
+    """Tracked files that are not DVC's (``params.yaml``, the user's edits) as they were before the run, where
+    they now hold what DVC wrote (their version at one of ``dvc_wrote``); ``dvc.lock``, ``.gitignore`` files
+    and stage outputs stay as the run left them (its finished stages)."""
+    managed = dvc_paths(root)
+    changed = names(root, "diff", "--name-only", "--no-renames", "-z", snapshot)
+    candidates = [
+        p for p in changed if Path(p).name != ".gitignore" and not any(p == m or p.startswith(m + "/") for m in managed)
     ]
-    had = set(git(root, "ls-tree", "-r", "--name-only", snapshot, "--", *restore).splitlines()) if restore else set()
-    restore = [p for p in restore if p in had]
+    had = set(names(root, "ls-tree", "-r", "-z", "--name-only", snapshot, "--", *candidates)) if candidates else set()
+    restore = [p for p in candidates if p in had and _holds(root, p, dvc_wrote)]
     if not restore:
         return None
     git(root, "checkout", snapshot, "--", *restore)
     return f"{', '.join(restore[:4])}{', ...' if len(restore) > 4 else ''} restored"
+
+
+def _holds(root: Path, path: str, revs: list[str]) -> bool:
+    """Whether the file ``path`` holds its version at one of ``revs`` (absent there and here counts too)."""
+    if not (root / path).is_file():
+        return True  # deleted by DVC's reset (the snapshot has it)
+    blob = git(root, "hash-object", "--", path)
+    return any(git(root, "rev-parse", "-q", "--verify", f"{r}:{path}", check=False) == blob for r in revs)
+
+
+def names(root: Path, *args: str) -> list[str]:
+    """NUL-separated path names from ``git ARGS`` (any character in a name)."""
+    r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    return [n for n in r.stdout.split("\0") if n]
 
 
 def _repair_lock(root: Path, snapshot: str) -> str | None:
@@ -214,22 +291,27 @@ def _repair_lock(root: Path, snapshot: str) -> str | None:
         pass
     if subprocess.run(["git", "cat-file", "-e", f"{snapshot}:dvc.lock"], cwd=root, capture_output=True).returncode:
         lock.unlink()
-    else:
-        git(root, "checkout", snapshot, "--", "dvc.lock")
+        return "dvc.lock, cut short by the kill, removed (there was none before the run)"
+    git(root, "checkout", snapshot, "--", "dvc.lock")
     return "dvc.lock, cut short by the kill, put back as it was before the run"
 
 
 def _restore_index(root: Path, tree: str) -> str | None:
-    """Git's index as it was before the run (the killed run's staged files unstaged, the user's kept)."""
-    staged = git(root, "diff", "--cached", "--name-only", tree).splitlines()
+    """Git's index entries that differ from before the run, for DVC's files and ``params.yaml`` (what DVC
+    stages), as they were: the killed run's staging undone, anything else staged left alone."""
+    managed = dvc_paths(root) | {"params.yaml"}
+    staged = [
+        p
+        for p in names(root, "diff", "--cached", "--name-only", "-z", tree)
+        if Path(p).name == ".gitignore" or any(p == m or p.startswith(m + "/") for m in managed)
+    ]
     if not staged:
         return None
-    git(root, "read-tree", tree)
-    git(root, "update-index", "-q", "--refresh", check=False)
+    git(root, "restore", "--staged", f"--source={tree}", "--", *staged)
     return f"git's index restored ({len(staged)} file(s) unstaged)"
 
 
-def _dvc_paths(root: Path) -> set[str]:
+def dvc_paths(root: Path) -> set[str]:
     """``dvc.lock`` and every stage output, as paths relative to the repository."""
     from dvc.repo import Repo
 
