@@ -371,3 +371,26 @@ def test_a_bad_slice_in_a_folder_is_named(tmp_path):
         "the first is 32x32 uint8"
     )
     assert not (tmp_path / "raw").exists()
+
+
+def test_an_isbi_data_dir_that_overrides_download_local_dir_is_named_in_the_error(tmp_path):
+    (tmp_path / "env-dir").mkdir()
+    (tmp_path / "key-dir").mkdir()
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump({"download": {"urls": [], "slice_mirrors": [], "local_dir": str(tmp_path / "key-dir")}})
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "unet.stages.download", "--params", str(params), "--out", str(tmp_path / "raw")],
+        env={"PATH": "/usr/bin:/bin", "ISBI_DATA_DIR": str(tmp_path / "env-dir")},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1, r.stderr
+    assert (
+        f"ISBI_DATA_DIR is set ({tmp_path / 'env-dir'}, which overrides download.local_dir {tmp_path / 'key-dir'})"
+        in err[0]
+    )
+    assert not (tmp_path / "raw").exists()

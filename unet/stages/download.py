@@ -27,8 +27,13 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
         prov = download(cfg.download, args.out, local_dir=local)
     except DownloadError as exc:
         names = ", ".join(cfg.download.files)
+        env = os.environ.get("ISBI_DATA_DIR")
+        where = "set ISBI_DATA_DIR (or download.local_dir)"
+        if env:  # the variable wins over the key: say so, or a user who set the key is misled
+            over = f", which overrides download.local_dir {cfg.download.local_dir}" if cfg.download.local_dir else ""
+            where = f"ISBI_DATA_DIR is set ({env}{over}): set it"
         raise DownloadError(
-            f"{exc}; for a local copy set ISBI_DATA_DIR (or download.local_dir) to a directory holding {names} "
+            f"{exc}; for a local copy {where} to a directory holding {names} "
             "(each a TIFF stack or a folder of its slices)"
         ) from None
     log.info("wrote %s: %s", args.out, ", ".join(prov))
