@@ -63,7 +63,11 @@ def release(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="unet", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="unet",
+        description="Segment grey stacks with a trained U-Net (unet predict) and release DVC experiments "
+        "as versioned models (unet release). unet COMMAND --help describes each.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("predict", help="segment a grey stack, page by page")
     pr.add_argument("input", help="grey-value TIFF stack (N, H, W), single PNG/TIFF, or folder of slice images")
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     rel = sub.add_parser("release", help="release a DVC experiment: branch, dvc push, GTO version and stage tags")
     rel.add_argument("experiment", help="experiment name, as `dvc exp show` lists it")
     rel.add_argument("--stage", help="GTO stage to assign (default: the experiment's register.stage)")
-    rel.add_argument("--repo", default=".")
+    rel.add_argument("--repo", default=".", help="the git and DVC repository (default: the current directory)")
     rel.add_argument("--card", default="models/card.json", help="the model card (DVC-cached output of register)")
     args = p.parse_args(argv)
     if args.command == "predict" and args.threshold is not None and not 0 < args.threshold < 1:

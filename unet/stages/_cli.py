@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -14,8 +15,14 @@ from unet.io import check_outputs
 EXPECTED = (ValueError, RuntimeError, OSError)  # DataError, DownloadError, ValidationFailed and bad params
 
 
+def plain(doc: str | None) -> str:
+    """A docstring's first paragraph as plain text for ``--help``: no reStructuredText markup."""
+    first = (doc or "").split("\n\n")[0]
+    return " ".join(re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", first).replace("``", "").split())
+
+
 def parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m unet.stages.{stage}", description=(doc or "").split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=f"python -m unet.stages.{stage}", description=plain(doc))
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     return p
 

@@ -15,16 +15,17 @@ import logging
 from pathlib import Path
 
 from unet.config import Config
-from unet.evaluation import evaluate_fold, fold_summary, overlay, write_png
 from unet.io import atomic_path, read_stack, to_binary, write_json
-from unet.metrics import over_folds
-from unet.predict import load_model
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
+    from unet.evaluation import evaluate_fold, fold_summary, overlay, write_png  # the backend starts here
+    from unet.metrics import over_folds
+    from unet.predict import load_model
+
     raw = Path(args.raw)
     images = read_stack(raw / cfg.download.images[0])
     labels = to_binary(read_stack(raw / cfg.download.labels))
@@ -68,11 +69,11 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
 
 if __name__ == "__main__":
     p = _cli.parser("evaluate", __doc__)
-    p.add_argument("--raw", default="data/raw")
-    p.add_argument("--folds", default="data/folds.json")
+    p.add_argument("--raw", default="data/raw", help="directory of the stacks (default: %(default)s)")
+    p.add_argument("--folds", default="data/folds.json", help="the split stage's folds (default: %(default)s)")
     p.add_argument("--models", default="models/folds", help="directory holding fold<k>/model.keras")
     p.add_argument("--metrics", default="metrics/folds.json", help="per-fold metrics (JSON)")
     p.add_argument("--summary", default="metrics/summary.json", help="mean and std over folds (JSON)")
-    p.add_argument("--slices", default="plots/evaluate/slices.csv")
-    p.add_argument("--overlays", default="plots/overlays")
+    p.add_argument("--slices", default="plots/evaluate/slices.csv", help="one row per slice (CSV)")
+    p.add_argument("--overlays", default="plots/overlays", help="directory of overlay PNGs")
     _cli.run("evaluate", main, p.parse_args(), outputs=("metrics", "summary", "slices", "overlays"))

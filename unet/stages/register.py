@@ -13,12 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-import keras
-import numpy as np
-
-from unet import registry
 from unet.config import Config, to_dict
-from unet.export import ensemble, export
 from unet.io import write_json
 from unet.stages import _cli
 
@@ -26,6 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
+    import keras  # the backend starts here, after the arguments are checked
+    import numpy as np
+
+    from unet import registry
+    from unet.export import ensemble, export
+
     out = Path(args.out)
     per_fold = {int(k.removeprefix("fold")): m for k, m in json.loads(Path(args.metrics).read_text()).items()}
     if not per_fold:
@@ -50,6 +51,6 @@ if __name__ == "__main__":
     p = _cli.parser("register", __doc__)
     p.add_argument("--metrics", default="metrics/folds.json", help="per-fold metrics written by evaluate")
     p.add_argument("--models", default="models/folds", help="directory of fold<k>/model.keras")
-    p.add_argument("--out", default="models/registered")
+    p.add_argument("--out", default="models/registered", help="directory of the registered model")
     p.add_argument("--card", default="models/card.json", help="the model card (JSON)")
     _cli.run("register", main, p.parse_args(), outputs=("out", "card"))

@@ -17,17 +17,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from unet import distributed
 from unet.config import Config, from_dict, to_dict
 from unet.io import read_stack, write_json
 from unet.stages import _cli
-from unet.training import make_data, train
 
 log = logging.getLogger(__name__)
 PARAMS_ENV = "UNET_PARAMS"  # the params the launching process loaded, handed to every Horovod rank
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
+    from unet import distributed  # the backend starts here, after the arguments are checked
+    from unet.training import make_data, train
+
     relaunch = distributed.horovod_command(cfg.runtime, ["-m", "unet.stages.train", *sys.argv[1:]])
     if relaunch:  # runtime.gpus > 1 or runtime.hosts on TensorFlow: the same command on every Horovod rank
         log.info("starting %d Horovod processes: %s", cfg.runtime.gpus, " ".join(relaunch))
@@ -70,9 +71,9 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
 
 if __name__ == "__main__":
     p = _cli.parser("train", __doc__)
-    p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--raw", default="data/raw")
-    p.add_argument("--folds", default="data/folds.json")
+    p.add_argument("--fold", type=int, required=True, help="the fold to train: its index in --folds")
+    p.add_argument("--raw", default="data/raw", help="directory of the stacks (default: %(default)s)")
+    p.add_argument("--folds", default="data/folds.json", help="the split stage's folds (default: %(default)s)")
     p.add_argument("--out", help="output directory (default: models/folds/fold<k>)")
     p.add_argument("--checkpoints", help="resume state directory (default: checkpoints/fold<k>)")
     p.add_argument(

@@ -13,12 +13,13 @@ from pathlib import Path
 from unet.config import Config
 from unet.io import atomic_path, check_labels, read_stack, write_json
 from unet.stages import _cli
-from unet.validation import ValidationFailed, describe, slice_stats, validate
 
 log = logging.getLogger(__name__)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
+    from unet.validation import ValidationFailed, describe, slice_stats, validate
+
     raw = Path(args.raw)
     images = read_stack(raw / cfg.download.images[0])
     labels = read_stack(raw / cfg.download.labels)
@@ -59,6 +60,6 @@ def summary(report: dict) -> str:
 if __name__ == "__main__":
     p = _cli.parser("validate", __doc__)
     p.add_argument("--raw", default="data/raw", help="directory of the downloaded stacks")
-    p.add_argument("--report", default="reports/validation.json")
-    p.add_argument("--summary", default="reports/validation.md")
+    p.add_argument("--report", default="reports/validation.json", help="every expectation and the statistics (JSON)")
+    p.add_argument("--summary", default="reports/validation.md", help="a short Markdown table of the outcome")
     _cli.run("validate", main, p.parse_args(), outputs=("report", "summary"))
