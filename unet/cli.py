@@ -24,6 +24,11 @@ def predict(args: argparse.Namespace) -> None:
     if Path(args.output).is_dir():
         raise DataError(f"{args.output}: output is a directory; name the output file (OUT.tif)")
     check_outputs({"OUT": args.output}, {"IN": args.input, **{f"--models {m}": m for m in args.models}})
+    from unet.io import stack_info
+    from unet.stages._cli import start_backend
+
+    stack_info(args.input)  # a bad input fails here, before the backend starts
+    start_backend()
     from unet.predict import predict_file
 
     logging.basicConfig(level=logging.INFO, format="unet predict: %(message)s", stream=sys.stderr)

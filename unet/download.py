@@ -255,6 +255,8 @@ def fetch_one(name: str, local: str | None, s: Session, workdir: Path) -> Fetche
                 )
             if path != tmp:  # a slice folder: data/raw holds multi-page TIFFs
                 write_stack(tmp, arr)
+            for failed in failures:  # said only when another source did it: else the error lists them all
+                log.warning("%s (used %s instead)", failed, where)
             return Fetched(name, where, arr, tmp.stat().st_size)
         except SourceFailed as exc:
             failures.append(f"{where}: {exc}")
@@ -263,7 +265,6 @@ def fetch_one(name: str, local: str | None, s: Session, workdir: Path) -> Fetche
             failures.append(text if text.startswith(where.rstrip("/")) else f"{where}: {text}")
         finally:
             shutil.rmtree(workdir / f"{PurePosixPath(name).stem}.slices", ignore_errors=True)
-        log.warning("%s", failures[-1])
     if not candidates:
         failures.append("no local directory, download.urls or download.slice_mirrors entry for it")
     raise DownloadError(f"{name}: no source gave a valid copy; tried: " + "; ".join(failures))

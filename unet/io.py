@@ -27,7 +27,7 @@ import tifffile
 
 from unet import channels
 
-logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings duplicate the exception we raise
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its warnings and errors duplicate ours (DataError)
 
 
 class DataError(ValueError):

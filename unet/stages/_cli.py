@@ -15,6 +15,27 @@ from unet.io import check_outputs
 EXPECTED = (ValueError, RuntimeError, OSError)  # DataError, DownloadError, ValidationFailed and bad params
 
 
+def start_backend() -> None:
+    """Import Keras and its backend with the backend's start-up chatter silenced (TensorFlow's C++ logging,
+    the "absl::InitializeLog" warning, CUDA plugin registration errors written to file descriptor 2 before any
+    Python code could filter them): every entry point that needs Keras calls this first, so that what reaches
+    stderr is ours (progress lines, one-line errors). An import that fails still raises, after the restore."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "keras" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras
+
+        keras.backend.backend()  # the backend module itself, where TensorFlow registers its plugins
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def plain(doc: str | None) -> str:
     """A docstring's first paragraph as plain text for ``--help``: no reStructuredText markup."""
     first = (doc or "").split("\n\n")[0]

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
-    from unet.evaluation import evaluate_fold, fold_summary, overlay, write_png  # the backend starts here
+    _cli.start_backend()  # after the arguments are checked, quietly
+    from unet.evaluation import evaluate_fold, fold_summary, overlay, write_png
     from unet.metrics import over_folds
     from unet.predict import load_model
 

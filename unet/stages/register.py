@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
-    import keras  # the backend starts here, after the arguments are checked
+    _cli.start_backend()  # after the arguments are checked, quietly
+    import keras
     import numpy as np
 
     from unet import registry

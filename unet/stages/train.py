@@ -26,7 +26,8 @@ PARAMS_ENV = "UNET_PARAMS"  # the params the launching process loaded, handed to
 
 
 def main(args: argparse.Namespace, cfg: Config) -> None:
-    from unet import distributed  # the backend starts here, after the arguments are checked
+    _cli.start_backend()  # after the arguments are checked, quietly
+    from unet import distributed
     from unet.training import make_data, train
 
     relaunch = distributed.horovod_command(cfg.runtime, ["-m", "unet.stages.train", *sys.argv[1:]])
