@@ -232,7 +232,7 @@ def fetch_one(name: str, local: str | None, s: Session, workdir: Path) -> Fetche
         DownloadError: no source gave a valid copy; the message lists every source and why it failed.
     """
     expected = s.cfg.pixel_sha256.get(name)
-    failures = []
+    failures: list[str] = []
     candidates: list[tuple[str, Any]] = [(f"{local.rstrip('/')}/{name}", "local")] if local else []
     candidates += [(f"{u.rstrip('/')}/{name}", "url") for u in s.cfg.urls]
     candidates += [(m.files[name] + f" ({m.slices} slices)", m) for m in s.cfg.slice_mirrors if name in m.files]
