@@ -116,3 +116,21 @@ def test_validate_stage_fails_in_one_line_naming_the_slices_with_no_output(tmp_p
         "expect_column_values_to_be_between on relative_std {'min_value': 0.01} failed at slices 4"
     )
     assert not report.exists() and not summary.exists()
+
+
+def test_the_validate_stage_says_one_line_on_good_data(isbi, tmp_path):
+    """Great Expectations logs ~200 'Skipping registering function' lines on import: none reach the user."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, project_params
+
+    (tmp_path / "params.yaml").write_text(project_params())
+    cmd = [sys.executable, "-m", "unet.stages.validate", "--raw", str(isbi)]
+    cmd += ["--report", str(tmp_path / "r.json"), "--summary", str(tmp_path / "s.md")]
+    r = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("validate: 30 slices, ") and "expectations passed" in lines[0], lines

@@ -109,10 +109,12 @@ def expectations(cfg: ValidateConfig, n_images: int) -> list[Any]:
 
 def validate(stats: pd.DataFrame, cfg: ValidateConfig, n_images: int) -> dict[str, Any]:
     """Run the suite on ``stats`` in an ephemeral context; return the report or raise ValidationFailed."""
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)  # before the import, which logs ~200 lines
     import great_expectations as gx
-
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations.")]:
+        logging.getLogger(name).setLevel(logging.ERROR)  # some of its modules set INFO on their own logger
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
