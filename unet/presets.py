@@ -279,8 +279,9 @@ def experiments_of_head(cwd: str | Path = ".") -> dict[str, str]:
 
 def unchanged_experiment(cwd: str | Path, name: str, sets: list[str]) -> str | None:
     """The commit of experiment ``name`` on HEAD when it ran all of what ``dvc exp run -S SETS`` would run now:
-    every stage of ``dvc.yaml`` in its ``dvc.lock``, the same ``params.yaml`` as DVC would write it, the same
-    ``dvc.yaml`` and the same code and other files that the stages depend on (outputs aside); else ``None``.
+    every stage of ``dvc.yaml`` in its ``dvc.lock`` (a matrix stage by one of its items: they follow the
+    params), the same ``params.yaml`` as DVC would write it, the same ``dvc.yaml`` and the same code and other
+    files that the stages depend on (outputs aside); else ``None``.
     Options other than ``-S`` (``--force``, ...) always run."""
     sha = experiments_of_head(cwd).get(name)
     values = [v for flag, v in zip(sets[::2], sets[1::2], strict=False) if flag in ("-S", "--set-param")]
@@ -298,7 +299,8 @@ def unchanged_experiment(cwd: str | Path, name: str, sets: list[str]) -> str | N
             return None
     inputs, stages = stage_inputs(cwd)
     locked = YAML(typ="safe", pure=True).load(recovery.git(cwd, "show", f"{sha}:dvc.lock", check=False) or "{}")
-    if not set(stages) <= set((locked or {}).get("stages", {})):
+    ran_stages = {name.split("@")[0] for name in (locked or {}).get("stages", {})}
+    if not {name.split("@")[0] for name in stages} <= ran_stages:  # (the folds of train@k follow the params)
         return None
     listed = recovery.git(cwd, "ls-tree", "-r", sha, "--", *inputs).splitlines()  # "<mode> blob <sha>\t<path>"
     ran = {path: meta.split()[2] for meta, path in (line.split("\t", 1) for line in listed)}

@@ -11,7 +11,7 @@ stays detached, files stay staged, ``params.yaml`` holds the experiment's values
 fails ("Stash apply resulted in merge conflicts").
 
 :func:`exclusive` wraps a run: it takes a lock that dies with its process (``flock``), records where the
-repository stood (HEAD, git's index as a tree, the tracked files as ``git stash create`` sees them: objects and
+repository stood (HEAD, git's index and the tracked files as commits, ``git stash create``-style: objects and
 refs only, nothing in the workspace changes), and removes that record when the run ends by itself. A record
 found on the next start is an interrupted run: :func:`recover` re-attaches HEAD, removes exactly the refs and
 queue entries DVC's ``finally`` would have removed, restores files that are not DVC's (``params.yaml``, the
@@ -35,7 +35,7 @@ from typing import Any
 from unet.io import write_json
 
 STATE = Path(".dvc") / "tmp"
-REFS = "refs/unet/interrupted"  # keeps the recorded index tree and tracked files from git gc
+REFS = "refs/unet/interrupted"  # keeps the recorded index and tracked files (two commits) from git gc
 # what DVC's WorkspaceExecutor.cleanup removes (EXEC_HEAD and EXEC_APPLY outlive a run that ends normally)
 EXEC_REFS = ("refs/exps/exec/EXEC_BASELINE", "refs/exps/exec/EXEC_MERGE", "refs/exps/exec/EXEC_BRANCH")
 # an identity for the snapshot objects only (git stash create makes commits; they are never on a branch)
@@ -176,7 +176,9 @@ def _journal(root: Path) -> dict[str, Any] | None:
 
 def _begin(root: Path, what: str, experiment: str | None) -> None:
     head = git(root, "rev-parse", "HEAD")
-    index = git(root, "write-tree")  # git's index as it is, staged new files included
+    # git's index as it is (staged new files included), as a commit: a ref to a bare tree breaks git fetch
+    # in this repository ("object is not a committish", as `dvc exp pull` found)
+    index = git(root, "commit-tree", git(root, "write-tree"), "-m", "unet: git's index before a run", env=SNAPSHOT_ID)
     worktree = git(root, "stash", "create", env=SNAPSHOT_ID) or head  # tracked files; empty: no changes
     git(root, "update-ref", f"{REFS}/index", index)
     git(root, "update-ref", f"{REFS}/worktree", worktree)
