@@ -260,14 +260,10 @@ def _run_experiment(name: str, overrides: dict[str, Any], extra: list[str], cwd:
 def user_edits(cwd: str | Path = ".") -> list[str]:
     """Uncommitted changes of tracked or staged files other than ``params.yaml`` and DVC's files (``dvc.lock``,
     ``.gitignore`` files, stage outputs): what ``dvc exp apply`` would overwrite."""
-    from unet.ops.recovery import dvc_paths
-
-    managed = dvc_paths(Path(cwd)) | {"params.yaml"}
+    managed = recovery.dvc_paths(Path(cwd)) | {"params.yaml"}
     status = recovery.names(Path(cwd), "status", "--porcelain", "-z", "--untracked-files=no", "--no-renames")
     paths = [entry[3:] for entry in status]  # "XY path"
-    return [
-        p for p in paths if Path(p).name != ".gitignore" and not any(p == m or p.startswith(m + "/") for m in managed)
-    ]
+    return [p for p in paths if not recovery.written_by_dvc(p, managed)]
 
 
 def experiments_of_head(cwd: str | Path = ".") -> dict[str, str]:

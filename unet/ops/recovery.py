@@ -252,9 +252,7 @@ def _restore_files(root: Path, snapshot: str, dvc_wrote: list[str]) -> str | Non
     and stage outputs stay as the run left them (its finished stages)."""
     managed = dvc_paths(root)
     changed = names(root, "diff", "--name-only", "--no-renames", "-z", snapshot)
-    candidates = [
-        p for p in changed if Path(p).name != ".gitignore" and not any(p == m or p.startswith(m + "/") for m in managed)
-    ]
+    candidates = [p for p in changed if not written_by_dvc(p, managed)]
     had = set(names(root, "ls-tree", "-r", "-z", "--name-only", snapshot, "--", *candidates)) if candidates else set()
     restore = [p for p in candidates if p in had and _holds(root, p, dvc_wrote)]
     if not restore:
@@ -302,15 +300,16 @@ def _restore_index(root: Path, tree: str) -> str | None:
     """Git's index entries that differ from before the run, for DVC's files and ``params.yaml`` (what DVC
     stages), as they were: the killed run's staging undone, anything else staged left alone."""
     managed = dvc_paths(root) | {"params.yaml"}
-    staged = [
-        p
-        for p in names(root, "diff", "--cached", "--name-only", "-z", tree)
-        if Path(p).name == ".gitignore" or any(p == m or p.startswith(m + "/") for m in managed)
-    ]
+    staged = [p for p in names(root, "diff", "--cached", "--name-only", "-z", tree) if written_by_dvc(p, managed)]
     if not staged:
         return None
     git(root, "restore", "--staged", f"--source={tree}", "--", *staged)
     return f"git's index restored ({len(staged)} file(s) unstaged)"
+
+
+def written_by_dvc(path: str, managed: set[str]) -> bool:
+    """Whether ``path`` is a ``.gitignore`` file or one of ``managed`` (:func:`dvc_paths`) or inside one."""
+    return Path(path).name == ".gitignore" or any(path == m or path.startswith(m + "/") for m in managed)
 
 
 def dvc_paths(root: Path) -> set[str]:
