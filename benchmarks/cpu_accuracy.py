@@ -91,15 +91,15 @@ def run_setting(name: str, overrides: dict[str, Any], work: Path, env: dict[str,
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
     t_train = time.perf_counter() - t0
     cmd = [sys.executable, "-m", "unet.stages.evaluate", "--params", str(params), "--models", str(d)]
-    cmd += ["--metrics", str(d / "folds.json"), "--summary", str(d / "summary.json")]
-    cmd += ["--slices", str(d / "slices.csv"), "--overlays", str(d / "overlays")]
+    cmd += ["--metrics", str(d / "metrics"), "--report", str(d / "evaluation.json")]
+    cmd += ["--slices", str(d / "slices.csv"), "--curves", str(d / "curves.csv"), "--overlays", str(d / "overlays")]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
     t_all = time.perf_counter() - t0
-    s = json.loads((d / "summary.json").read_text())
+    mean, std = (json.loads((d / "metrics" / f"{s}.json").read_text()) for s in ("mean", "std"))
     row = {"setting": name, "train_s": round(t_train, 1), "train_eval_s": round(t_all, 1)}
     for m in ("vrand", "vinfo", "pixel_error", "vrand_fixed", "soft_dice"):
-        row[m] = s[m]["mean"]
-        row[m + "_std"] = s[m]["std"]
+        row[m] = mean[m]
+        row[m + "_std"] = std[m]
     row["overrides"] = overrides
     return row
 

@@ -58,7 +58,7 @@ def main() -> None:
     for k, fold in enumerate(folds):
         model = load_model(args.models / f"fold{k}" / "model.keras", images.dtype)
         val = fold["val"]
-        prob = predict_slices([model], images[val], 16)
+        prob = predict_slices(model, images[val], 16)
         before = [old.slice_metrics(prob[i], labels[s], 0.5) for i, s in enumerate(val)]
         after = metrics.challenge_scores(prob, labels[val])
         fixed = metrics.fixed_scores(prob, labels[val], 0.5)

@@ -76,7 +76,7 @@ def checkout(rev: str, dest: Path) -> Path:
 
 def measure(src: Path, backend: str, args: argparse.Namespace, tmp: Path) -> tuple[float, list[np.ndarray]]:
     """One worker process on the code in ``src``: (ms/step, final weights)."""
-    import keras
+    from unet.export import load
 
     out = Path(tempfile.mkdtemp(dir=tmp))
     env = {
@@ -92,7 +92,7 @@ def measure(src: Path, backend: str, args: argparse.Namespace, tmp: Path) -> tup
     if r.returncode:
         raise RuntimeError(f"worker ({backend}, {src}) failed:\n{r.stderr[-3000:]}")
     ms = json.loads((out / "result.json").read_text())["ms_step"]
-    model = keras.saving.load_model(out / "run" / "model.keras", compile=False)
+    model = load(out / "run" / "model.keras")
     return ms, model.get_weights()
 
 

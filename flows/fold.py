@@ -39,7 +39,7 @@ from prefect.runtime import flow_run
 from prefect.runtime import task_run as this_task
 from prefect.states import State
 
-from flows.pipeline import _run
+from flows.commands import command
 from unet.presets import experiment_env
 from unet.workers import adopt, changed, experiment_ref, fold_inputs, shareable_head, uncached_outs
 
@@ -73,20 +73,20 @@ def exclusive(clone: str) -> Iterator[None]:
 @task
 def checkout(clone: str, rev: str, params: str, lock: str) -> None:
     """The parent's commit, with its workspace's ``params.yaml`` and ``dvc.lock`` on top."""
-    _run(["git", "fetch", "--quiet", REMOTE], clone)
-    _run(["git", "checkout", "--quiet", "--force", "--detach", rev], clone)
+    command(["git", "fetch", "--quiet", REMOTE], clone)
+    command(["git", "checkout", "--quiet", "--force", "--detach", rev], clone)
     (Path(clone) / "params.yaml").write_text(params)
     (Path(clone) / "dvc.lock").write_text(lock)
 
 
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
 def pull_inputs(clone: str, stage: str) -> None:
-    _run(["dvc", "pull", "--force", *fold_inputs(clone, stage)], clone)
+    command(["dvc", "pull", "--force", *fold_inputs(clone, stage)], clone)
 
 
 @task(task_run_name="{stage}")
 def train(clone: str, stage: str) -> None:
-    _run(["dvc", "repro", "--single-item", stage], clone)
+    command(["dvc", "repro", "--single-item", stage], clone)
 
 
 @task
@@ -94,16 +94,16 @@ def save_run(clone: str, stage: str, name: str) -> None:
     """The run as DVC experiment ``name``: ``dvc.lock`` and the stage's ``cache: false`` outputs in its commit."""
     include = [arg for p in uncached_outs(clone, stage) for arg in ("-I", p)]
     # only this stage: the parent's dvc.lock names outputs (reports, other folds) this clone never made
-    _run(["dvc", "exp", "save", "--force", "-n", name, *include, stage], clone, env=experiment_env(clone))
+    command(["dvc", "exp", "save", "--force", "-n", name, *include, stage], clone, env=experiment_env(clone))
 
 
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
 def push_run(clone: str, stage: str, name: str) -> None:
     """The stage's cached outputs (the model) to the DVC remote, the experiment's commit to the git remote
     (not its cache: the parent's dvc.lock may name outputs this clone never had)."""
-    _run(["dvc", "push", stage], clone)
-    _run(["dvc", "exp", "push", "--no-cache", REMOTE, name], clone)
-    _run(["dvc", "exp", "remove", name], clone)  # kept on the git remote until the parent has it
+    command(["dvc", "push", stage], clone)
+    command(["dvc", "exp", "push", "--no-cache", REMOTE, name], clone)
+    command(["dvc", "exp", "remove", name], clone)  # kept on the git remote until the parent has it
 
 
 @task
@@ -141,7 +141,7 @@ def fold(fold: int, rev: str, params: str, lock: str, name: str, parent: str = "
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
 def push_inputs(repo: str, stage: str) -> None:
     """The fold's inputs to the DVC remote, where the workers pull them."""
-    _run(["dvc", "push", *fold_inputs(repo, stage)], repo)
+    command(["dvc", "push", *fold_inputs(repo, stage)], repo)
 
 
 class WorkerLost(RuntimeError):
@@ -236,11 +236,11 @@ def train_remotely(stage: str, parameters: dict[str, Any]) -> str:
 def adopt_run(repo: str, stage: str, name: str) -> None:
     """The worker's run of ``stage`` into this workspace (see ``unet.workers.adopt``), then its experiment
     refs removed here and on the git remote: it lives on in this run's ``dvc.lock``."""
-    _run(["dvc", "exp", "pull", "--no-cache", REMOTE, name], repo)
+    command(["dvc", "exp", "pull", "--no-cache", REMOTE, name], repo)
     entry = adopt(repo, stage, experiment_ref(repo, name))
     get_run_logger().info("%s: dvc.lock entry from the worker, outs %s", stage, [o["path"] for o in entry["outs"]])
-    _run(["dvc", "exp", "remove", name], repo)
-    _run(["dvc", "exp", "remove", "--git-remote", REMOTE, name], repo)
+    command(["dvc", "exp", "remove", name], repo)
+    command(["dvc", "exp", "remove", "--git-remote", REMOTE, name], repo)
 
 
 def train_on_workers(repo: str, folds: Sequence[int], experiment: str) -> None:

@@ -21,46 +21,18 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, wait
 
+from flows.commands import command
+from flows.fold import train_on_workers
 from unet import config
 from unet.devices import fold_queues, granted
 from unet.metrics import METRICS
 from unet.ops.recovery import exclusive
 from unet.presets import apply, experiment_env, from_baseline, overrides
 
-NOISE = ("E0000", "WARNING: All log messages", "I0000", "W0000")  # TensorFlow's start-up chatter
-
-
-def _run(cmd: list[str], repo: str, env: dict[str, str] | None = None) -> str:
-    """Run a command in ``repo``, streaming each output line to the run log as it comes; raise with the
-    command's own one-line error on failure."""
-    log = get_run_logger()
-    log.info("$ %s", " ".join(cmd))
-    proc = subprocess.Popen(
-        cmd,
-        cwd=repo,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        lines.append(line)
-        if line.strip() and not line.startswith(NOISE):
-            log.info("%s", line)
-    if proc.wait() != 0:
-        ours = [ln for ln in lines if ": error: " in ln]  # a stage's one-line error
-        theirs = [ln for ln in lines if ln.startswith("ERROR")]
-        raise RuntimeError((ours or theirs or [f"{cmd[0]} {cmd[1]} exited {proc.returncode}"])[-1])
-    return "\n".join(lines)
-
 
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
 def dvc_pull(repo: str) -> None:
-    _run(["dvc", "pull", "--allow-missing"], repo)
+    command(["dvc", "pull", "--allow-missing"], repo)
 
 
 @task
@@ -73,14 +45,14 @@ def set_params(repo: str, values: dict[str, Any]) -> None:
         get_run_logger().info("params.yaml (workspace): %s", ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-def _repro(repo: str, stage: str, gpu: str | None = None) -> None:
-    env = None
+def _repro(repo: str, stage: str, gpu: str | None = None, env: dict[str, str] | None = None) -> None:
+    env = dict(env or {})
     if gpu is not None:  # one of the GPUs the worker granted, alone
-        env = {"CUDA_VISIBLE_DEVICES": gpu}
+        env["CUDA_VISIBLE_DEVICES"] = gpu
         get_run_logger().info("%s on GPU %s (CUDA_VISIBLE_DEVICES=%s)", stage, gpu, gpu)
     try:
         # fold-parallel runs share one repository: wait for DVC's lock instead of failing after 3 s
-        _run(["dvc", "--wait-for-lock", "repro", "--single-item", stage], repo, env=env)
+        command(["dvc", "--wait-for-lock", "repro", "--single-item", stage], repo, env=env)
     except RuntimeError as exc:
         if str(exc).startswith("validate: error:"):
             create_markdown_artifact(
@@ -127,6 +99,12 @@ def git_tracked_outputs(repo: str) -> list[str]:
     return [p for p in outs if (Path(repo) / p).exists()] + [p for p in untracked if p.endswith(".gitignore")]
 
 
+def run_env(repo: str, experiment: str, preset: str | None) -> dict[str, str]:
+    """What the register stage names in the card, as ``dvc exp run`` and ``unet.presets`` tell it."""
+    head = command(["git", "rev-parse", "HEAD"], repo).strip()
+    return {"DVC_EXP_NAME": experiment, "DVC_EXP_BASELINE_REV": head, "UNET_PRESET": preset or ""}
+
+
 @task
 def save_experiment(repo: str, name: str) -> None:
     """Record the workspace as DVC experiment ``name`` (replacing one of that name on this commit).
@@ -134,36 +112,47 @@ def save_experiment(repo: str, name: str) -> None:
     ``dvc exp save`` commits only what git already tracks plus ``dvc.lock``: the metrics, plots, reports and
     card that stages wrote are included explicitly, as ``dvc exp run`` would."""
     include = [arg for p in git_tracked_outputs(repo) for arg in ("-I", p)]
-    _run(["dvc", "exp", "save", "-n", name, "-f", *include], repo, env=experiment_env(repo))
+    command(["dvc", "exp", "save", "-n", name, "-f", *include], repo, env=experiment_env(repo))
 
 
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
 def dvc_push(repo: str) -> None:
-    _run(["dvc", "push"], repo)
+    command(["dvc", "push"], repo)
 
 
 @task
 def release_model(repo: str, experiment: str) -> dict[str, Any]:
     """``unet release``: branch ``release/<experiment>``, push its data, GTO version and stage."""
-    return json.loads(_run([sys.executable, "-m", "unet.cli", "release", experiment], repo).splitlines()[-1])
+    return json.loads(command([sys.executable, "-m", "unet.cli", "release", experiment], repo).splitlines()[-1])
 
 
 @task
 def publish_artifacts(repo: str) -> dict[str, Any]:
-    """Fold metrics as a table artifact, a Markdown summary with the overlay paths; returns the summary."""
-    root = Path(repo)
-    folds = json.loads((root / "metrics" / "folds.json").read_text())
-    summary = json.loads((root / "metrics" / "summary.json").read_text())
+    """The metrics, read through DVC as ``dvc metrics show`` shows them (a row per fold, the mean and std over
+    folds), as a table artifact, and a Markdown summary of the model: its data, the run that trained it and its
+    cross-validated scores. Returns the summary."""
+    import dvc.api
+
+    rows: dict[str, dict[str, Any]] = {}
+    for key, value in dvc.api.metrics_show(repo=repo).items():
+        path, _, metric = key.rpartition(":")
+        rows.setdefault(Path(path).stem, {"row": Path(path).stem})[metric] = round(value, 4)
     create_table_artifact(
         key="fold-metrics",
-        table=[{"fold": f["fold"], **{m: round(f[m], 4) for m in METRICS}} for f in folds.values()],
-        description="Validation metrics per fold (V_rand, V_info, pixel error: ISBI 2012 challenge protocol)",
+        table=list(rows.values()),
+        description="Validation metrics per fold and over folds (V_rand, V_info, pixel error: ISBI 2012 protocol)",
     )
-    lines = ["# U-Net on ISBI 2012", "", "| metric | mean | std |", "| --- | --- | --- |"]
+    card = json.loads((Path(repo) / "models" / "card.json").read_text())
+    run = card["trained"]
+    summary = {**run, "dataset": card["dataset"], "foreground": card["foreground"], **card["cross_validated"]}
+    lines = [f"# {card['name']}: U-Net for the {card['foreground']} in {card['dataset']}", ""]
+    lines += [f"Experiment `{run['experiment']}` (preset {run['preset'] or 'none'}, {run['steps']} steps) "]
+    lines[-1] += f"on commit `{(run['commit'] or 'unknown')[:7]}`; {card['caveat']}"
+    lines += ["", "| metric | mean | std |", "| --- | --- | --- |"]
     lines += [f"| {m} | {summary[m]['mean']:.4f} | {summary[m]['std']:.4f} |" for m in METRICS]
-    lines += ["", "Overlays (image | label | prediction | errors):", ""]
-    lines += [f"- `{p.relative_to(root)}`" for p in sorted((root / "plots" / "overlays").glob("*.png"))]
-    create_markdown_artifact(key="unet-summary", markdown="\n".join(lines), description="Metrics over folds")
+    lines += ["", "Overlays (image, label, probability, errors):", ""]
+    lines += [f"- `{p.relative_to(repo)}`" for p in sorted((Path(repo) / "plots" / "overlays").glob("*.png"))]
+    create_markdown_artifact(key="unet-summary", markdown="\n".join(lines), description="The model and its scores")
     return summary
 
 
@@ -187,7 +176,6 @@ def pipeline(
     with exclusive(repo, f"flow run '{experiment}'", experiment) as run:
         if run.recovered:
             get_run_logger().warning("%s; resuming", run.recovered)
-        gpus = gpus if gpus is not None else int(os.environ.get("UNET_GPUS", "0")) or None
         dvc_pull(repo)
         set_params(repo, overrides(preset, steps, precision, xla, gpus))
         download(repo, "download")
@@ -195,13 +183,11 @@ def pipeline(
             repro(repo, stage)
         cfg = config.load(Path(repo) / "params.yaml")
         if folds_on == "workers":  # one flow run of deployment unet/fold per fold, each on a worker of its own
-            from flows.fold import train_on_workers  # (flows.fold imports this module)
-
             train_on_workers(repo, cfg.split.folds, experiment)
         else:
             train_folds(repo, cfg)
         repro(repo, "evaluate")
-        repro(repo, "register")
+        repro(repo, "register", env=run_env(repo, experiment, preset))
         save_experiment(repo, experiment)
         if push or release:
             dvc_push(repo)

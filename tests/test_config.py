@@ -16,7 +16,9 @@ def test_params_yaml_loads_and_the_committed_one_is_the_gpu_recipe():
     config.load(ROOT / "params.yaml")  # the workspace copy (maybe an experiment's) is valid too
     cfg = config.loads(project_params())
     isbi_ranges = config.ValidateConfig(min_foreground=0.3, max_foreground=0.95, min_relative_std=0.05)
-    assert cfg == dataclasses.replace(Config(), validate=isbi_ranges)  # the defaults' are generic (any data)
+    isbi = dataclasses.replace(Config().register, dataset=cfg.register.dataset, foreground="cell interior")
+    assert cfg == dataclasses.replace(Config(), validate=isbi_ranges, register=isbi)  # the defaults: any data
+    assert "ISBI 2012" in cfg.register.dataset
     assert (cfg.train.model.base_filters, cfg.train.model.tile, cfg.train.batch_size) == (64, 572, 8)
     assert (cfg.train.max_steps, cfg.train.learning_rate, cfg.split.k) == (6400, 1e-4, 5)
     assert (cfg.train.model.dropout, cfg.train.model.up) == (0.5, "upconv2x2")  # the authors' network

@@ -139,7 +139,10 @@ def test_deployment_runs_on_a_process_worker_against_a_real_server(isbi, tmp_pat
         arts = _post(f"{api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
         table = next(a for a in arts if a["key"] == "fold-metrics")
         rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
-        assert [r["fold"] for r in rows] == [0, 1, 2, 3, 4] and all(0 < r["soft_dice"] <= 1 for r in rows)
+        assert [r["row"] for r in rows] == [f"fold{k}" for k in range(5)] + ["mean", "std"], rows
+        assert all(0 < r["soft_dice"] <= 1 for r in rows[:5])
+        summary = next(a for a in arts if a["key"] == "unet-summary")["data"]
+        assert "cell interior" in summary and "preset cpu, 10 steps" in summary and "Experiment `prefect`" in summary
         lock = yaml.safe_load((repo / "dvc.lock").read_text())
         train_params = lock["stages"]["train@0"]["params"]["params.yaml"]
         assert train_params["train"]["max_steps"] == 10 and train_params["train"]["model"]["base_filters"] == 8
@@ -147,7 +150,7 @@ def test_deployment_runs_on_a_process_worker_against_a_real_server(isbi, tmp_pat
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
-    assert np.isfinite(json.loads((repo / "metrics" / "summary.json").read_text())["vrand"]["mean"])
+    assert np.isfinite(json.loads((repo / "metrics" / "mean.json").read_text())["vrand"])
     assert Path(repo / ".dvc-remote").is_dir()  # dvc push reached the default local remote
     # the run is DVC experiment "prefect", holding its metrics and card like a `dvc exp run` would
     git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True, env=env)  # noqa: E731
@@ -155,9 +158,9 @@ def test_deployment_runs_on_a_process_worker_against_a_real_server(isbi, tmp_pat
         r for r in git("for-each-ref", "refs/exps", "--format=%(refname)").stdout.split() if r.endswith("/prefect")
     )
     card = json.loads(dvc.api.read("models/card.json", repo=str(repo), rev=ref))  # DVC-cached, as of the ref
-    assert card["cross_validated"]["vrand"]["mean"] > 0
+    assert card["cross_validated"]["vrand"]["mean"] > 0 and card["trained"]["experiment"] == "prefect"
     assert "models/.gitignore" in git("ls-tree", "-r", "--name-only", ref).stdout  # nothing big left untracked
-    assert git("show", f"{ref}:metrics/folds.json").returncode == 0
+    assert git("show", f"{ref}:metrics/fold0.json").returncode == 0
     assert git("rev-list", "--count", "HEAD").stdout.strip() == "1"  # no commit on the branch
 
 

@@ -51,14 +51,14 @@ def test_the_same_weights_behind_each_stacks_own_map_predict_the_same(stacks, tm
     images, labels, variants = stacks
     keras.utils.set_random_seed(0)
     unet = build_unet(from_dict(Config, TINY).train.model)
-    expect = predict_slices([with_intensity(unet, UINT8)], images, batch_size=4)
+    expect = predict_slices(with_intensity(unet, UINT8), images, batch_size=4)
     for name, stack in variants.items():
         model = with_intensity(unet, make_data(stack, labels, Config().train.loss).intensity)
         if name == "uint16":  # through a file, as evaluate and predict load it
             model.save(tmp_path / "m.keras")
             model = load_model(tmp_path / "m.keras", stack.dtype)
         assert intensities(model) == [fit_intensity(stack)]
-        got = predict_slices([model], stack, batch_size=4)
+        got = predict_slices(model, stack, batch_size=4)
         if EXACT and name != "float x1000":  # the same real number, correctly rounded: bit for bit
             np.testing.assert_array_equal(got, expect, err_msg=name)
         np.testing.assert_allclose(got, expect, atol=1e-5, err_msg=name)
@@ -72,8 +72,8 @@ def test_ensemble_members_apply_their_own_map_after_a_save_round_trip(stacks, tm
         keras.utils.set_random_seed(seed)
         members.append(with_intensity(build_unet(from_dict(Config, TINY).train.model), m))
     stack = variants["uint16"][:2]
-    each = [predict_slices([m], stack, batch_size=4) for m in members]
+    each = [predict_slices(m, stack, batch_size=4) for m in members]
     ensemble(members).save(tmp_path / "ens.keras")  # what the register stage exports
     loaded = load_model(tmp_path / "ens.keras", stack.dtype)
     assert intensities(loaded) == maps
-    np.testing.assert_allclose(predict_slices([loaded], stack, batch_size=4), (each[0] + each[1]) / 2, atol=2e-6)
+    np.testing.assert_allclose(predict_slices(loaded, stack, batch_size=4), (each[0] + each[1]) / 2, atol=2e-6)

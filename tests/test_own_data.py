@@ -16,6 +16,7 @@ import tifffile
 
 from unet.folds import check_partition
 from unet.presets import apply
+from unet.results import read_metrics
 
 from .conftest import TINY
 from .test_pipeline import dvc, make_repo, run
@@ -59,6 +60,8 @@ def test_own_stack_through_dvc_repro_and_predict(tmp_path):
             "validate.min_relative_std": 0.01,
             "split.folds": [0, 1],
             "evaluate.overlays": 1,
+            "register.dataset": "my cells",  # what the card names
+            "register.foreground": "nuclei",
             **_dotted({k: TINY[k] for k in ("train", "runtime")}),
         },
     )
@@ -75,14 +78,16 @@ def test_own_stack_through_dvc_repro_and_predict(tmp_path):
     assert report["success"] and min(row["foreground"] for row in report["stats"]) == 0.0
     folds = json.loads((repo / "data" / "folds.json").read_text())
     check_partition(folds, N)
-    per_fold = json.loads((repo / "metrics" / "folds.json").read_text())
-    assert sorted(per_fold) == ["fold0", "fold1"]
+    per_fold = read_metrics(repo / "metrics")
+    report = json.loads((repo / "reports" / "evaluation.json").read_text())["folds"]
+    assert sorted(per_fold) == [0, 1]
     for k in (0, 1):
-        m = per_fold[f"fold{k}"]
-        assert m["slices"] == folds["folds"][k]["val"]
-        assert all(0 <= m[key] <= 1 for key in ("vrand", "vinfo", "pixel_error", "soft_dice", "mismatch"))
+        assert report[f"fold{k}"]["slices"] == folds["folds"][k]["val"] and 0 <= report[f"fold{k}"]["mismatch"] <= 1
+        assert all(0 <= per_fold[k][key] <= 1 for key in ("vrand", "vinfo", "pixel_error", "soft_dice"))
     model = repo / "models" / "registered" / "model.keras"
-    assert model.is_file() and json.loads((repo / "models" / "card.json").read_text())["folds"]
+    card = json.loads((repo / "models" / "card.json").read_text())
+    assert model.is_file() and card["folds"] and "ISBI" not in card["description"]
+    assert card["dataset"] == "my cells" and "nuclei" in card["description"]
 
     for args, out in (([], "prob.tif"), (["--threshold", "0.5"], "masks.tif")):
         p = run(repo, "unet", "predict", str(mine / "cells"), str(tmp_path / out), "--models", str(model), *args)

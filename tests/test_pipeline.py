@@ -20,6 +20,7 @@ import tifffile
 from unet import config
 from unet.folds import check_partition
 from unet.io import pixel_sha256
+from unet.metrics import METRICS
 from unet.presets import apply, set_args
 
 from .conftest import ROOT, project_params
@@ -69,6 +70,28 @@ def experiment(repo: Path, name: str, isbi: Path, **extra: object) -> subprocess
     return run(repo, *cmd, env=git_env(ISBI_DATA_DIR=str(isbi)))
 
 
+# the README's `dvc exp show`: the experiments and their cross-validated scores, in a terminal's width
+EXP_SHOW = ("--drop", ".*", "--keep", "Experiment|metrics/mean.json:(vrand|vinfo|pixel_error)$")
+
+
+def check_plots(repo: Path, out: Path) -> None:
+    """``dvc plots show`` draws each plot once: the two training curves with one line per fold, the per-slice
+    scores, and each overlay image (DVC-cached, not committed)."""
+    r = run(repo, "dvc", "plots", "show", "-o", str(out / "json"), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    plots = json.loads(r.stdout)["data"]
+    assert {"Training loss", "Training soft Dice", "Per-slice scores"} <= set(plots), sorted(plots)
+    images = [k for k in plots if k.endswith(".png")]
+    assert images and all(k.startswith("plots/overlays/") for k in images), sorted(plots)
+    assert len(plots) == 3 + len(images), sorted(plots)  # nothing twice, no per-fold curves, no img_per_s
+    spec = plots["Training loss"][0]["content"]
+    assert spec["encoding"]["color"]["field"] == "fold"
+    assert {str(d["fold"]) for d in spec["data"]["values"]} == {str(k) for k in range(5)}
+    assert run(repo, "dvc", "plots", "show", "-o", str(out / "html")).returncode == 0
+    html = (out / "html" / "index.html").read_text()
+    assert html.count("vegaEmbed(") == 3 and html.count("<img ") == len(images), html[-3000:]
+
+
 def experiments(repo: Path) -> list[str]:
     """The experiment refs (``refs/exps/<2 hex>/<baseline>/<name>``) and their commits, not DVC's own refs."""
     refs = git(repo, "for-each-ref", "refs/exps", "--format=%(objectname) %(refname)").splitlines()
@@ -83,38 +106,48 @@ def test_experiments_compare_fold_by_fold_and_leave_history_alone(isbi, tmp_path
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert git(repo, "rev-parse", "HEAD") == head and git(repo, "tag") == tags  # no commit, no tag
     committed = config.loads(git(repo, "show", "HEAD:params.yaml"))  # still the GPU recipe (+ ISBI's ranges)
-    assert dataclasses.replace(committed, validate=config.ValidateConfig()) == config.Config()
+    generic = {"validate": config.ValidateConfig(), "register": config.RegisterConfig()}  # ISBI's ranges, name
+    assert dataclasses.replace(committed, **generic) == config.Config()
     cfg = config.load(repo / "params.yaml")  # the workspace holds the experiment, as dvc exp run -S leaves it
     assert cfg.train.model.base_filters == 8 and cfg.train.max_steps == QUICK["train.max_steps"]
     for name, digest in cfg.download.pixel_sha256.items():
         assert pixel_sha256(tifffile.imread(repo / "data" / "raw" / name)) == digest
     folds = json.loads((repo / "data" / "folds.json").read_text())
     check_partition(folds, 30)
-    per_fold = json.loads((repo / "metrics" / "folds.json").read_text())
-    assert sorted(per_fold) == [f"fold{k}" for k in range(5)]
+    shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)[""]["data"]  # "": the workspace
+    table = {Path(path).stem: d["data"] for path, d in shown.items()}  # rows: files; columns: metrics
+    assert sorted(table) == [f"fold{k}" for k in range(5)] + ["mean", "std"], sorted(table)
+    assert all(list(row) == list(METRICS) for row in table.values()), table  # one shape: no thresholds, no fold
+    report = json.loads((repo / "reports" / "evaluation.json").read_text())["folds"]
     for k in range(5):
-        m = per_fold[f"fold{k}"]
-        assert {"vrand", "vinfo", "pixel_error", "vrand_fixed", "vinfo_fixed", "mismatch"} <= set(m)
-        assert m["slices"] == sorted(folds["folds"][k]["val"]) and 0 < m["vrand"] <= 1
+        m = table[f"fold{k}"]
+        assert report[f"fold{k}"]["slices"] == sorted(folds["folds"][k]["val"]) and 0 < m["vrand"] <= 1
+        assert {"vrand_threshold", "dice", "mismatch"} <= set(report[f"fold{k}"])
         assert len(list((repo / "plots" / "overlays").glob(f"fold{k}_*.png"))) == 1
+    assert table["mean"]["vrand"] == pytest.approx(np.mean([table[f"fold{k}"]["vrand"] for k in range(5)]))
+    width = max(map(len, run(repo, "dvc", "metrics", "show").stdout.splitlines()))
+    assert width <= 120, width
     card = json.loads((repo / "models" / "card.json").read_text())
-    assert card["cross_validated"]["vrand"]["mean"] == pytest.approx(np.mean([per_fold[f]["vrand"] for f in per_fold]))
+    assert card["cross_validated"]["vrand"]["mean"] == pytest.approx(table["mean"]["vrand"])
     assert "optimistic" in card["caveat"] and "± " in card["description"]
+    assert "cell interior" in card["description"] and "ISBI 2012" in card["description"]
+    assert card["trained"] == {"experiment": "cpu", "preset": "cpu", "steps": 20, "commit": head}, card["trained"]
     assert not run(repo, "git", "status", "--porcelain", "dvc.yaml").stdout  # register wrote only its outs
-    assert run(repo, "git", "check-ignore", "-q", "metrics/folds.json").returncode != 0  # git tracks metrics
+    assert run(repo, "git", "check-ignore", "-q", "metrics/fold0.json").returncode != 0  # git tracks metrics
+    assert run(repo, "git", "check-ignore", "-q", "plots/overlays").returncode == 0  # DVC caches images
     assert run(repo, "git", "check-ignore", "-q", "checkpoints/fold0").returncode == 0  # resume state: ignored
+    check_plots(repo, tmp_path / "plots")
 
     shown = run(repo, "dvc", "exp", "show", "--csv", "--no-pager").stdout.splitlines()
     header, row = shown[0].split(","), next(r.split(",") for r in shown if r.startswith("cpu,"))
-    assert "metrics/folds.json:fold4.vrand" in header or "fold4.vrand" in header, header
-    col = next(i for i, h in enumerate(header) if h.endswith("fold0.vrand"))
-    assert float(row[col]) == pytest.approx(per_fold["fold0"]["vrand"], abs=1e-4)
+    col = header.index("metrics/fold0.json:vrand")
+    assert float(row[col]) == pytest.approx(table["fold0"]["vrand"], abs=1e-4)
     r = experiment(repo, "cpu-2x", isbi, **{"train.max_steps": 2 * QUICK["train.max_steps"]})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for cmd in (("dvc", "metrics", "diff", "cpu", "cpu-2x"), ("dvc", "exp", "diff", "cpu", "cpu-2x")):
-        out = run(repo, *cmd).stdout
-        for k in range(5):
-            assert f"fold{k}.vrand " in out, (cmd, out)
+    diff = run(repo, "dvc", "metrics", "diff", "cpu", "cpu-2x").stdout.splitlines()
+    assert len(diff) <= 44 and all(any(f"fold{k}.json" in ln for ln in diff) for k in range(5)), diff
+    out = run(repo, "dvc", "exp", "show", "--no-pager", *EXP_SHOW).stdout  # the README's invocation
+    assert max(map(len, out.splitlines())) <= 120 and "cpu-2x" in out, out
     assert "Running stage 'validate'" not in r.stdout  # data stages come from the cache
 
     # the first experiment again, after another one: a no-op that applies it (same commit, same model bytes)

@@ -103,8 +103,8 @@ def test_tta_on_a_dihedrally_symmetric_slice_averages_the_inverse_transforms(set
     a = a + a.T
     sym = (a + a[::-1] + a[:, ::-1] + a[::-1, ::-1]) / 8  # invariant under all 8 flips/rotations
     assert all(np.array_equal(_dihedral(sym, k), sym) for k in range(8))
-    plain = predict_slices([model], sym[None])[0]
-    tta = predict_slices([model], sym[None], tta=True)[0]
+    plain = predict_slices(model, sym[None])[0]
+    tta = predict_slices(model, sym[None], tta=True)[0]
     expect = np.mean([_dihedral(plain, k, inverse=True) for k in range(8)], axis=0)
     np.testing.assert_allclose(tta, expect, atol=1e-6)
     assert all(np.allclose(_dihedral(tta, k), tta, atol=1e-6) for k in range(8))
@@ -133,13 +133,13 @@ def test_tiles_are_batched_across_slices_and_slices_are_read_lazily(setup):
             pulled.append(1)
             yield im
 
-    stream = iter_predictions([model], slices(), batch_size=8)
+    stream = iter_predictions(model, slices(), batch_size=8)
     first = next(stream)
     assert len(pulled) == 2  # 4 tiles a slice: the first batch of 8 holds slices 0 and 1, not 2
     rest = list(stream)
     # 3 slices x 4 tiles = 12 tiles: 2 calls (one slice per batch would take 3)
     assert model.calls == [(8, 92, 92, 1)] * 2
-    np.testing.assert_array_equal(np.stack([first, *rest]), predict_slices([model], images, batch_size=8))
+    np.testing.assert_array_equal(np.stack([first, *rest]), predict_slices(model, images, batch_size=8))
 
 
 @pytest.mark.parametrize(

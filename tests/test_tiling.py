@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from unet.export import ensemble
 from unet.tiling import predict_slices
 
 pytestmark = pytest.mark.core
@@ -25,7 +26,7 @@ def test_stitched_map_equals_known_function_on_mirror_padded_slice(h, w):
     model = mean_filter_model(tile=20, margin=4)  # 20 -> 12 px output tiles
     rng = np.random.default_rng(0)
     images = rng.random((2, h, w)).astype(np.float32)
-    prob = predict_slices([model], images, batch_size=3)
+    prob = predict_slices(model, images, batch_size=3)
     mean = ndimage.uniform_filter(
         images.astype(np.float64), size=(1, 9, 9), mode="reflect"
     )  # scipy reflect == numpy symmetric
@@ -37,15 +38,17 @@ def test_stitched_map_equals_known_function_on_mirror_padded_slice(h, w):
 def test_tta_and_ensemble_average():
     model = mean_filter_model(tile=20, margin=4)
     images = np.random.default_rng(1).random((1, 30, 41)).astype(np.float32)
-    plain = predict_slices([model], images)
+    plain = predict_slices(model, images)
     # a symmetric filter commutes with flips/rotations, so TTA and a 2-model ensemble change nothing
-    np.testing.assert_allclose(predict_slices([model, model], images, tta=True), plain, atol=2e-6)
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    np.testing.assert_allclose(predict_slices(ensemble([model, twin]), images, tta=True), plain, atol=2e-6)
     asym = keras.models.clone_model(model)
     w = np.zeros((9, 9, 1, 1), np.float32)
     w[0, 0] = 1.0  # reads the top-left neighbour: changes under flips
     asym.get_layer("mean").set_weights([w])
     asym.get_layer("head").set_weights(model.get_layer("head").get_weights())
-    tta = predict_slices([asym], images, tta=True)
-    assert not np.allclose(tta, predict_slices([asym], images), atol=1e-3)
-    ens = predict_slices([asym, model], images)
-    np.testing.assert_allclose(ens, (predict_slices([asym], images) + plain) / 2, atol=2e-6)
+    tta = predict_slices(asym, images, tta=True)
+    assert not np.allclose(tta, predict_slices(asym, images), atol=1e-3)
+    ens = predict_slices(ensemble([asym, model]), images)
+    np.testing.assert_allclose(ens, (predict_slices(asym, images) + plain) / 2, atol=2e-6)

@@ -19,8 +19,6 @@ from unet.geometry import check_tile
 
 T = TypeVar("T")
 
-ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
-
 
 @dataclass(frozen=True)
 class SliceMirrorConfig:
@@ -272,6 +270,8 @@ class RegisterConfig:
     select: Literal["best", "ensemble"] = "best"
     metric: str = "soft_dice"
     stage: str = "dev"
+    dataset: str = "an unnamed data set"  # what the model was trained on, for its card and release
+    foreground: str = "foreground"  # what label 1 (white) means in that data, e.g. cell interior
 
     def __post_init__(self) -> None:
         _check(self.select in ("best", "ensemble"), "register.select", self.select, "must be 'best' or 'ensemble'")
@@ -281,6 +281,8 @@ class RegisterConfig:
             self.name,
             "must be letters, digits and '-'",
         )
+        for key in ("dataset", "foreground"):
+            _check(bool(getattr(self, key).strip()), f"register.{key}", getattr(self, key), "must not be empty")
 
 
 @dataclass(frozen=True)

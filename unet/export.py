@@ -1,5 +1,5 @@
-"""Model export: ``.keras`` always; a TensorFlow SavedModel for serving when the backend is TensorFlow;
-and fold ensembles as one Keras model whose output keeps the logits contract.
+"""Our models in and out of files: ``.keras`` always, a TensorFlow SavedModel for serving when the backend is
+TensorFlow, fold ensembles as one Keras model whose output keeps the logits contract, and the one loader.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from unet import intensity  # noqa: F401  (registers IntensityMap, every trained model's first layer, for loading)
-from unet.io import atomic_path
+from unet.intensity import IntensityMap
+from unet.io import DataError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,27 @@ def ensemble(models: Sequence[keras.Model]) -> keras.Model:
         m.name = f"fold_model_{i}"  # unique names inside the ensemble graph
         outs.append(m(inp))
     return keras.Model(inp, MeanProbabilityLogits(name="ensemble_logits")(outs), name="unet_ensemble")
+
+
+def load(path: str | Path) -> keras.Model:
+    """The one loader of a model this project saved (fold, registered or ensemble), with our layers given
+    to Keras explicitly, whatever was imported before.
+
+    Raises:
+        DataError: no such file, not a Keras model, or not a 1-channel-in, 2-class-out segmentation model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file")
+    ours = {"unet>IntensityMap": IntensityMap, "unet>MeanProbabilityLogits": MeanProbabilityLogits}
+    try:
+        model = keras.saving.load_model(path, compile=False, custom_objects=ours)
+    except Exception as exc:  # Keras raises many types for a file that is not a model
+        raise DataError(f"{path}: not a Keras model ({str(exc).strip().splitlines()[0][:120]})") from exc
+    shape = model.input_shape
+    if len(shape) != 4 or shape[-1] != 1 or model.output_shape[-1] != 2:
+        raise DataError(f"{path}: not a 1-channel-in, 2-class-out segmentation model (input {shape})")
+    return model
 
 
 def export(model: keras.Model, directory: str | Path) -> dict[str, str]:

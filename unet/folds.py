@@ -7,6 +7,12 @@ from typing import Any
 import numpy as np
 
 
+def fold_name(k: int) -> str:
+    """Fold ``k``'s name: its directory under ``models/folds`` (dvc.yaml's ``fold${item.fold}``), its
+    metrics file, its overlays."""
+    return f"fold{k}"
+
+
 def kfold(n: int, k: int, seed: int, min_slices: int = 1, what: str = "the stack") -> dict[str, Any]:
     """Partition ``range(n)`` into ``k`` validation folds whose sizes differ by at most one.
 

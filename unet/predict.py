@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tifffile
 
-from unet.export import ensemble
+from unet.export import ensemble, load
 from unet.intensity import UINT8, intensities, with_intensity
 from unet.io import DataError, StackInfo, atomic_path, iter_slices, stack_info
 from unet.tiling import iter_predictions
@@ -38,16 +38,7 @@ def load_model(path: str | Path, dtype: np.dtype) -> keras.Model:
         DataError: no such file, not a Keras model, not a segmentation model, or a model without an
             intensity map for a stack that is not uint8.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such model file")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises many types for a file that is not a model
-        raise DataError(f"{path}: not a Keras model ({str(exc).strip().splitlines()[0][:120]})") from exc
-    shape = model.input_shape
-    if len(shape) != 4 or shape[-1] != 1 or model.output_shape[-1] != 2:
-        raise DataError(f"{path}: not a 1-channel-in, 2-class-out segmentation model (input {shape})")
+    model = load(path)
     maps = intensities(model)
     if not maps:
         if dtype != np.uint8:
@@ -128,7 +119,7 @@ def predict_file(
     t0 = time.monotonic()
 
     def pages() -> Iterator[np.ndarray]:
-        for prob in iter_predictions([model], slices, batch_size, tta):
+        for prob in iter_predictions(model, slices, batch_size, tta):
             progress.update()
             yield (prob > threshold).astype(np.uint8) * 255 if threshold is not None else prob
 

@@ -24,6 +24,7 @@ from typing import Any
 from unet import config
 from unet.io import roundtrip_yaml
 from unet.ops import recovery
+from unet.ops.runner import stream
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Quick: a depth-4, 8-filter U-Net on 188 px tiles (100 px output), no drop-out (too small a net to
@@ -218,16 +219,20 @@ def from_baseline(cwd: str | Path = ".") -> None:
         )
 
 
-def run_experiment(name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path = ".") -> int:
+def run_experiment(
+    name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path = ".", preset: str = ""
+) -> int:
     """``dvc exp run -n NAME -S ...`` in ``cwd`` from the committed params, alone in the repository and after
     undoing what an interrupted run left (:mod:`unet.ops.recovery`)."""
     with recovery.exclusive(cwd, f"experiment '{name}'", name) as run:
         if run.recovered:
             print(f"presets: {run.recovered}; resuming", file=sys.stderr)
-        return _run_experiment(name, overrides, extra, cwd, run.fd)
+        return _run_experiment(name, overrides, extra, cwd, run.fd, preset)
 
 
-def _run_experiment(name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path, fd: int) -> int:
+def _run_experiment(
+    name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path, fd: int, preset: str = ""
+) -> int:
     """The experiment, with the repository's lock held (``fd``, passed on to DVC so that it holds it too).
 
     An experiment of the same name on this commit whose params and stage inputs equal this run's is applied to
@@ -254,7 +259,9 @@ def _run_experiment(name: str, overrides: dict[str, Any], extra: list[str], cwd:
     stage_gitignores(cwd)
     cmd = ["dvc", "exp", "run", "-n", name, *sets]
     print(f"presets: {' '.join(cmd)}", file=sys.stderr)
-    return subprocess.run(cmd, cwd=cwd, env={**os.environ, **experiment_env(cwd)}, pass_fds=(fd,)).returncode
+    env = {**experiment_env(cwd), "UNET_PRESET": preset}  # named in the model card
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    return stream(cmd, cwd, say, env=env, pass_fds=(fd,), stderr_only=True)[0]
 
 
 def user_edits(cwd: str | Path = ".") -> list[str]:
@@ -384,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"presets: {run.recovered}; resuming", file=sys.stderr)
             name = resolve(args.preset)
             check(PRESETS[name], args.params)  # a preset the config rejects fails here, before DVC runs anything
-            code = _run_experiment(args.name or name, PRESETS[name], extra, ".", run.fd)
+            code = _run_experiment(args.name or name, PRESETS[name], extra, ".", run.fd, name)
     except recovery.RunError as exc:
         print(f"presets: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from unet.config import RegisterConfig
+from unet.folds import fold_name
 from unet.metrics import LOWER_IS_BETTER, METRICS, over_folds
 
 
@@ -23,8 +24,8 @@ def choose(per_fold: dict[int, dict[str, Any]], cfg: RegisterConfig) -> list[int
     return [max(per_fold, key=lambda k: sign * per_fold[k][cfg.metric])]
 
 
-def caveat(folds: list[int], per_fold: dict[int, dict[str, Any]], cfg: RegisterConfig) -> str:
-    """What the card's numbers mean for the published model, in one sentence."""
+def caveat(folds: list[int], per_fold: dict[int, dict[str, Any]], cfg: RegisterConfig, slices: int) -> str:
+    """What the card's numbers mean for the published model, in one sentence (``slices``: the chosen fold's)."""
     k = len(per_fold)
     if len(folds) > 1:
         return (
@@ -35,32 +36,51 @@ def caveat(folds: list[int], per_fold: dict[int, dict[str, Any]], cfg: RegisterC
     return (
         f"Fold {folds[0]}'s model, picked as the best of {k} by {cfg.metric} on its own held-out slices: "
         f"that pick is optimistic ({cfg.metric} {per_fold[folds[0]][cfg.metric]:.4f} on "
-        f"{len(per_fold[folds[0]].get('slices', []))} slices); the estimate is the {k}-fold cross-validated score."
+        f"{slices} slices); the estimate is the {k}-fold cross-validated score."
     )
 
 
-def describe(folds: list[int], cv: dict[str, Any], k: int) -> str:
-    """One line for the card and the GTO annotation: what the model is and its cross-validated scores."""
+def describe(folds: list[int], cv: dict[str, Any], k: int, cfg: RegisterConfig) -> str:
+    """One line for the card and the GTO annotation: what the model is, on what data, and its CV scores."""
     what = f"fold {folds[0]} (best of {k})" if len(folds) == 1 else f"ensemble of {len(folds)} folds"
     shown = ("vrand", "vinfo", "pixel_error", "soft_dice")
     scores = ", ".join(f"{m} {cv[m]['mean']:.4f} ± {cv[m]['std']:.4f}" for m in shown)
-    return f"U-Net (Ronneberger 2015) for ISBI 2012 EM membranes, {what}; {k}-fold CV: {scores}"
+    return (
+        f"U-Net (Ronneberger 2015) for the {cfg.foreground} (probability) in {cfg.dataset}, {what}; "
+        f"{k}-fold CV: {scores}"
+    )
 
 
 def card(
-    cfg: RegisterConfig, per_fold: dict[int, dict[str, Any]], folds: list[int], digest: str, files: dict[str, str]
+    cfg: RegisterConfig,
+    per_fold: dict[int, dict[str, Any]],
+    folds: list[int],
+    digest: str,
+    files: dict[str, str],
+    provenance: dict[str, Any],
+    evaluation: dict[str, Any],
 ) -> dict[str, Any]:
-    """The model card: what was published, its cross-validated estimate, and what that estimate means."""
+    """The model card: what was published, from which run, its cross-validated estimate and what it means.
+
+    Args:
+        digest: sha256 of the published ``model.keras``. files: the published files.
+        provenance: experiment, preset, steps and commit of the run that trained it.
+        evaluation: the evaluate stage's report (:mod:`unet.results`).
+    """
     cv = over_folds(per_fold)
+    chosen = evaluation["folds"].get(fold_name(folds[0]), {})
     return {
         "name": cfg.name,
-        "description": describe(folds, cv, len(per_fold)),
+        "description": describe(folds, cv, len(per_fold), cfg),
+        "dataset": cfg.dataset,
+        "foreground": cfg.foreground,
+        "trained": provenance,
         "folds": folds,
         "select": cfg.select,
         "metric": cfg.metric,
-        "cross_validated": cv,
-        "caveat": caveat(folds, per_fold, cfg),
-        "selected_fold_metrics": {k: {m: per_fold[k][m] for m in METRICS} for k in folds} if len(folds) == 1 else {},
+        "cross_validated": {"folds": len(per_fold), **cv},
+        "caveat": caveat(folds, per_fold, cfg, len(chosen.get("slices", []))),
+        "selected_fold_metrics": {k: per_fold[k] for k in folds} if len(folds) == 1 else {},
         "sha256": digest,
         "files": files,
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import keras
@@ -51,21 +51,20 @@ class _Pass:
 
 
 def iter_predictions(
-    models: Sequence[keras.Model],
+    model: keras.Model,
     slices: Iterable[np.ndarray],
     batch_size: int = 8,
     tta: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield the foreground probability (H, W) float32 of each grey slice of ``slices``, in order.
 
-    Slices are raw grey values when the models carry their intensity map (:mod:`unet.intensity`).
-    Averages over ``models`` (an ensemble) and, with ``tta``, over the 8 dihedral transforms. Tiles of
+    Slices are raw grey values when the model carries its intensity map (:mod:`unet.intensity`); an
+    ensemble is one model (:func:`unet.export.ensemble`). With ``tta``, averages over the 8 dihedral
+    transforms. Tiles of
     consecutive slices share batches of ``batch_size``; the last batch is zero-padded to that size (one
     compiled shape). ``slices`` is consumed lazily: memory is bounded by the slices of one batch.
     """
-    tile, out = tile_geometry(models[0])
-    if any(tile_geometry(m) != (tile, out) for m in models):
-        raise ValueError("models: ensemble members have different tile geometries")
+    tile, out = tile_geometry(model)
     transforms = range(8) if tta else range(1)
     batch = np.zeros((batch_size, tile, tile, 1), np.float32)
     owners: list[tuple[_Pass, int, int]] = []  # (pass, y, x) of each tile in the batch
@@ -84,12 +83,12 @@ def iter_predictions(
                 batch[len(owners), ..., 0] = padded[y : y + tile, x : x + tile]
                 owners.append((p, y, x))
                 if len(owners) == batch_size:
-                    _run(models, batch, owners, out)
-                    yield from _finished(pending, len(models) * len(transforms))
+                    _run(model, batch, owners, out)
+                    yield from _finished(pending, len(transforms))
     if owners:
         batch[len(owners) :] = 0.0
-        _run(models, batch, owners, out)
-    yield from _finished(pending, len(models) * len(transforms))
+        _run(model, batch, owners, out)
+    yield from _finished(pending, len(transforms))
 
 
 def _pad(image: np.ndarray, tile: int, out: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -103,13 +102,11 @@ def _pad(image: np.ndarray, tile: int, out: int) -> tuple[np.ndarray, list[tuple
     return padded, [(ty * out, tx * out) for ty in range(ny) for tx in range(nx)]
 
 
-def _run(models: Sequence[keras.Model], batch: np.ndarray, owners: list[tuple[_Pass, int, int]], out: int) -> None:
-    """Predict ``batch`` with every model and stitch the summed probabilities into the tiles' passes."""
+def _run(model: keras.Model, batch: np.ndarray, owners: list[tuple[_Pass, int, int]], out: int) -> None:
+    """Predict ``batch`` and stitch the probabilities into the tiles' passes."""
     n = len(owners)
-    prob = np.zeros((n, out, out), np.float32)
-    for model in models:
-        logits = np.asarray(model.predict_on_batch(batch), np.float32)[:n]
-        prob += 1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))  # softmax, class 1
+    logits = np.asarray(model.predict_on_batch(batch), np.float32)[:n]
+    prob = 1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))  # softmax, class 1
     for (p, y, x), t in zip(owners, prob, strict=True):
         p.stitched[y : y + out, x : x + out] = t
         p.tiles -= 1
@@ -127,10 +124,10 @@ def _finished(pending: deque[_Slice], passes: int) -> Iterator[np.ndarray]:
 
 
 def predict_slices(
-    models: Sequence[keras.Model], images: Iterable[np.ndarray], batch_size: int = 8, tta: bool = False
+    model: keras.Model, images: Iterable[np.ndarray], batch_size: int = 8, tta: bool = False
 ) -> np.ndarray:
     """Foreground probability (N, H, W) float32 of grey slices ``images`` (N, H, W), held in memory.
 
     See :func:`iter_predictions`, which this collects.
     """
-    return np.stack(list(iter_predictions(models, images, batch_size, tta)))
+    return np.stack(list(iter_predictions(model, images, batch_size, tta)))

@@ -21,6 +21,7 @@ def start_backend() -> None:
     Python code could filter them): every entry point that needs Keras calls this first, so that what reaches
     stderr is ours (progress lines, one-line errors). An import that fails still raises, after the restore."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # e.g. SavedModel's "Assets written to: ..."
     if "keras" in sys.modules:
         return
     sys.stderr.flush()

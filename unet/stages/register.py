@@ -11,9 +11,12 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 from unet.config import Config, to_dict
+from unet.folds import fold_name
 from unet.io import write_json
 from unet.stages import _cli
 
@@ -26,31 +29,43 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
     import numpy as np
 
     from unet import registry
-    from unet.export import ensemble, export
+    from unet.export import ensemble, export, load
+    from unet.results import read_metrics
 
     out = Path(args.out)
-    per_fold = {int(k.removeprefix("fold")): m for k, m in json.loads(Path(args.metrics).read_text()).items()}
-    if not per_fold:
-        raise ValueError(f"{args.metrics}: no fold metrics to choose from")
+    per_fold = read_metrics(args.metrics)
     folds = registry.choose(per_fold, cfg.register)
-    models = [keras.saving.load_model(Path(args.models) / f"fold{k}" / "model.keras", compile=False) for k in folds]
+    models = [load(Path(args.models) / fold_name(k) / "model.keras") for k in folds]
     model = ensemble(models)
     paths = export(model, out)
     check = np.random.default_rng(0).random((1, *model.input_shape[1:]), np.float32)
-    reloaded = keras.saving.load_model(paths["keras"], compile=False)
+    reloaded = load(paths["keras"])
     diff = float(np.abs(keras.ops.convert_to_numpy(reloaded(check)) - keras.ops.convert_to_numpy(model(check))).max())
     if diff > 1e-4:
         raise RuntimeError(f"{paths['keras']}: exported model differs from the trained one (max |diff| {diff:.2e})")
     digest = hashlib.sha256(Path(paths["keras"]).read_bytes()).hexdigest()
-    card = registry.card(cfg.register, per_fold, folds, digest, paths)
+    evaluation = json.loads(Path(args.evaluation).read_text())
+    card = registry.card(cfg.register, per_fold, folds, digest, paths, provenance(cfg), evaluation)
     write_json(args.card, {**card, "params": to_dict(cfg)})
     log.info("%s -> %s", card["description"], out)
     log.info("%s", card["caveat"])
 
 
+def provenance(cfg: Config) -> dict[str, Any]:
+    """The run that trained the model: the experiment and its baseline commit (as DVC tells an experiment's
+    stages, or the Prefect flow its own), the preset that set the params (``unet.presets``) and the steps."""
+    return {
+        "experiment": os.environ.get("DVC_EXP_NAME"),
+        "preset": os.environ.get("UNET_PRESET"),
+        "steps": cfg.train.max_steps,
+        "commit": os.environ.get("DVC_EXP_BASELINE_REV"),
+    }
+
+
 if __name__ == "__main__":
     p = _cli.parser("register", __doc__)
-    p.add_argument("--metrics", default="metrics/folds.json", help="per-fold metrics written by evaluate")
+    p.add_argument("--metrics", default="metrics", help="directory of the fold metrics written by evaluate")
+    p.add_argument("--evaluation", default="reports/evaluation.json", help="evaluate's report (slices per fold)")
     p.add_argument("--models", default="models/folds", help="directory of fold<k>/model.keras")
     p.add_argument("--out", default="models/registered", help="directory of the registered model")
     p.add_argument("--card", default="models/card.json", help="the model card (JSON)")
