@@ -134,3 +134,35 @@ def test_a_found_gpu_without_cuda12_nvcc_builds_gloo_only_with_a_warning(tmp_pat
     forced = make(tmp_path, "-n", "horovod", nvcc, "HOROVOD_NCCL=1")
     assert "HOROVOD_GPU_OPERATIONS=NCCL" in forced.stdout and "warning" not in forced.stdout
     assert "HOROVOD_NCCL must be 0 or 1" in make(tmp_path, "-n", "horovod", "HOROVOD_NCCL=yes").stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "stamps"),
+    [
+        (["GPU=0"], [".installed", ".horovod"]),
+        (["GPU=1", "NVCC=/no/nvcc"], [".installed-gpu", "nccl/.linked", ".horovod-nccl"]),
+    ],
+)
+def test_horovod_is_built_again_only_after_an_install(tmp_path: Path, args: list[str], stamps: list[str]) -> None:
+    venv = tmp_path / "venv"
+    locks = ("pyproject.toml", "constraints.txt", "constraints-gpu.txt", "overrides-gpu.txt")
+    t0 = max((ROOT / name).stat().st_mtime_ns for name in locks)  # the install is newer than its files
+    for i, name in enumerate(stamps, 1):  # as a build leaves them: the install's stamp oldest, the build's newest
+        (venv / name).parent.mkdir(parents=True, exist_ok=True)
+        (venv / name).touch()
+        os.utime(venv / name, ns=(t0 + i * 1000, t0 + i * 1000))
+    r = make(tmp_path, "-n", "horovod", *args)
+    assert r.returncode == 0 and "pip install --no-build-isolation" not in r.stdout, r.stdout
+    os.utime(venv / stamps[0])  # a new install: now newer than the build
+    r = make(tmp_path, "-n", "horovod", *args)
+    assert r.returncode == 0 and "pip install --no-build-isolation" in r.stdout, r.stdout
+    assert f"touch {venv / stamps[-1]}" in r.stdout
+
+
+def test_make_test_fast_runs_the_default_suite_alone(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed").touch()  # newer than the locks: make installs nothing
+    r = make(tmp_path, "-n", "test-fast", "GPU=0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{venv / 'bin' / 'pytest'} --durations=15"]  # pyproject.toml: not slow
