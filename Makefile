@@ -39,7 +39,7 @@ $(STAMP): $(INSTALL_DEPS)
 	@if [ $(GPU) = 0 ] && [ -e $(OTHER_STAMP) ]; then echo "make: $(VENV) holds the GPU lock: recreating it"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
-	$(BIN)/uv pip install --python $(BIN)/python $(INSTALL_ARGS)
+	$(BIN)/uv pip install -q --python $(BIN)/python $(INSTALL_ARGS)  # -q: not the 220 package names
 	rm -f $(OTHER_STAMP)  # one lock a venv: the GPU lock (CPU lock + CUDA wheels) installs over the CPU one
 	touch $@
 install: $(STAMP)

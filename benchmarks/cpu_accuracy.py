@@ -91,6 +91,7 @@ def run_setting(name: str, overrides: dict[str, Any], work: Path, env: dict[str,
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
     t_train = time.perf_counter() - t0
     cmd = [sys.executable, "-m", "unet.stages.evaluate", "--params", str(params), "--models", str(d)]
+    cmd += ["--raw", "data/raw", "--folds", "data/folds.json"]
     cmd += ["--metrics", str(d / "metrics"), "--report", str(d / "evaluation.json")]
     cmd += ["--slices", str(d / "slices.csv"), "--curves", str(d / "curves.csv"), "--overlays", str(d / "overlays")]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)

@@ -111,14 +111,15 @@ def measure_train(sz: dict[str, int], batch: int, precision: str) -> list[dict[s
 
     from unet import distributed
     from unet.geometry import output_size
-    from unet.training import SliceData, batches, make_trainer
+    from unet.samples import SliceData, batches
+    from unet.training import make_trainer
 
     cfg = _config(sz, batch, precision)
-    distributed.configure(cfg.runtime, seed=0)
+    dist = distributed.configure(cfg.runtime, seed=0)
     rng = np.random.default_rng(0)
     shape = (sz["slices"], sz["slice"], sz["slice"])
     data = SliceData(rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(0, 2, shape, dtype=np.uint8))
-    trainer = make_trainer(cfg, data)  # the slices go to the device here, once
+    trainer = make_trainer(cfg, data, dist)  # the slices go to the device here, once
     gen = batches(data, cfg.train, 0, sz["tile"], output_size(sz["tile"], sz["depth"]) or 0)
     t0 = time.perf_counter()
     trainer.fit(
@@ -175,7 +176,7 @@ def measure_inference(sz: dict[str, int], batch: int, precision: str) -> list[di
     slices = rng.random((sz["slices"], sz["slice"], sz["slice"]), np.float32)
     per_slice = math.ceil(sz["slice"] / int(model.output_shape[1])) ** 2  # output tiles covering one slice
     predict = _seconds(lambda: np.asarray(model.predict_on_batch(x)), sz["iters"])
-    overlap = _seconds(lambda: predict_slices([model], slices, batch), sz["iters"])
+    overlap = _seconds(lambda: predict_slices(model, slices, batch), sz["iters"])
     common = {"what": "inference", "precision": precision, "batch": batch}
     return [
         {**common, "path": "predict, full batches", "ms_step": 1e3 * predict, "img_s": batch / predict},
@@ -209,7 +210,8 @@ def accuracy(data_dir: Path, params: Path, steps: int | None, dry: bool) -> dict
     from unet.geometry import output_size
     from unet.intensity import with_intensity
     from unet.io import read_stack, to_binary
-    from unet.training import batches, make_data, make_trainer
+    from unet.samples import batches, make_data
+    from unet.training import make_trainer
 
     cfg = config.load(params)
     t = cfg.train
@@ -223,9 +225,9 @@ def accuracy(data_dir: Path, params: Path, steps: int | None, dry: bool) -> dict
     images = read_stack(data_dir / cfg.download.images[0])
     labels = to_binary(read_stack(data_dir / cfg.download.labels))
     fold = kfold(len(images), cfg.split.k, cfg.split.seed)["folds"][0]
-    distributed.configure(cfg.runtime, t.seed)
+    dist = distributed.configure(cfg.runtime, t.seed)
     data = make_data(images[fold["train"]], labels[fold["train"]], t.loss)
-    trainer = make_trainer(cfg, data)
+    trainer = make_trainer(cfg, data, dist)
     gen = batches(data, t, 0, t.model.tile, output_size(t.model.tile, t.model.depth) or 0)
     t0 = time.perf_counter()
     for epochs, spe in ((t.max_steps // t.steps_per_epoch, t.steps_per_epoch), (1, t.max_steps % t.steps_per_epoch)):

@@ -21,7 +21,8 @@ def worker(out: Path, batch: int, steps: int) -> None:
     from unet import distributed
     from unet.config import Config, from_dict
     from unet.presets import PRESETS
-    from unet.training import SliceData, train
+    from unet.samples import SliceData
+    from unet.training import train
 
     preset = {k: v for k, v in PRESETS["cpu"].items() if k.startswith(("train.model", "runtime"))}
     nested: dict = {}
@@ -38,16 +39,14 @@ def worker(out: Path, batch: int, steps: int) -> None:
             node = node.setdefault(p, {})
         node[leaf] = value
     cfg = from_dict(Config, nested)
-    distributed.configure(cfg.runtime, 0)
+    dist = distributed.configure(cfg.runtime, 0)
     rng = np.random.default_rng(0)
     data = SliceData(
         rng.integers(0, 256, (24, 512, 512), dtype=np.uint8), rng.integers(0, 2, (24, 512, 512), dtype=np.uint8)
     )
-    metrics = train(cfg, data, out / "run")  # img_per_s of the second epoch: compile time excluded
-    if distributed.is_chief():
-        (out / "result.json").write_text(
-            json.dumps({"procs": distributed.world_size(), **metrics, "keras": keras.__version__})
-        )
+    metrics = train(cfg, data, out / "run", dist)  # img_per_s of the second epoch: compile time excluded
+    if dist.chief:
+        (out / "result.json").write_text(json.dumps({"procs": dist.replicas, **metrics, "keras": keras.__version__}))
 
 
 def main() -> None:

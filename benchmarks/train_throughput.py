@@ -15,7 +15,8 @@ from benchmarks._common import device_name, timed, write
 from unet import distributed
 from unet.config import Config, ModelConfig, RuntimeConfig, TrainConfig
 from unet.geometry import output_size
-from unet.training import SliceData, batches, make_trainer
+from unet.samples import SliceData, batches
+from unet.training import make_trainer
 
 SIZES = {
     "cpu-preset": ModelConfig(base_filters=8, depth=4, tile=188),
@@ -26,12 +27,12 @@ SIZES = {
 def measure(model: ModelConfig, precision: str, xla: bool, batch: int, iters: int) -> dict:
     runtime = RuntimeConfig(precision=precision, xla=xla, tf32=True, gpus=1)  # type: ignore[arg-type]
     cfg = Config(train=TrainConfig(model=model, batch_size=batch), runtime=runtime)
-    distributed.configure(runtime, seed=0)
+    dist = distributed.configure(runtime, seed=0)
     rng = np.random.default_rng(0)
     data = SliceData(
         rng.integers(0, 256, (8, 512, 512), dtype=np.uint8), rng.integers(0, 2, (8, 512, 512), dtype=np.uint8)
     )
-    trainer = make_trainer(cfg, data)
+    trainer = make_trainer(cfg, data, dist)
     gen = batches(data, cfg.train, 0, model.tile, output_size(model.tile, model.depth) or 0)
 
     def step() -> None:

@@ -39,8 +39,8 @@ from prefect.runtime import flow_run
 from prefect.runtime import task_run as this_task
 from prefect.states import State
 
-from flows.commands import command
-from unet.presets import experiment_env
+from flows.commands import command, library_log
+from unet.ops.experiments import experiment_env
 from unet.workers import adopt, changed, experiment_ref, fold_inputs, shareable_head, uncached_outs
 
 DEPLOYMENT = "unet/fold"
@@ -126,7 +126,7 @@ def fold(fold: int, rev: str, params: str, lock: str, name: str, parent: str = "
     clone, stage = str(Path.cwd()), f"train@{fold}"
     if workspace(clone) == parent:
         raise RuntimeError(f"{clone} is the parent run's workspace: give the worker a clone of its own")
-    with exclusive(clone):
+    with library_log(), exclusive(clone):
         checkout(clone, rev, params, lock)
         pull_inputs(clone, stage)
         train(clone, stage)

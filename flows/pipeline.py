@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, wait
 
-from flows.commands import command
+from flows.commands import command, library_log
 from flows.fold import train_on_workers
 from unet import config
 from unet.devices import fold_queues, granted
+from unet.io import natural_key
 from unet.metrics import METRICS
+from unet.ops.experiments import experiment_env, from_baseline
 from unet.ops.recovery import exclusive
-from unet.presets import apply, experiment_env, from_baseline, overrides
+from unet.ops.runner import git
+from unet.presets import apply, gpu_count, overrides
+
+# a preset of unet.presets, or "auto": the gpu preset where a GPU is found, else cpu (tests/test_presets.py
+# checks that this list is PRESETS')
+Preset = Literal["cpu", "cpu-long", "gpu", "auto"]
 
 
 @task(retries=3, retry_delay_seconds=[5, 15, 45])
@@ -68,6 +74,28 @@ download = task(retries=3, retry_delay_seconds=[10, 30, 90], task_run_name="down
 repro = task(task_run_name="{stage}", name="repro")(_repro)
 
 
+def stage_order(repo: str) -> list[str]:
+    """The names of ``dvc.yaml``'s stages in an order ``dvc repro`` may run them: DVC's own graph of the
+    pipeline, sorted topologically (dependencies first; fold ``k`` before fold ``k+1``)."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(repo) as dvc:
+        graph = dvc.index.graph.reverse()  # DVC's edges point from a stage to the stages it depends on
+        names: dict[Any, str] = {s: getattr(s, "name", None) or "" for s in graph}  # "": a .dvc file
+        key = lambda s: natural_key(names[s])  # noqa: E731
+        return [names[s] for s in nx.lexicographical_topological_sort(graph, key=key) if names[s]]
+
+
+def train(repo: str, cfg: config.Config, experiment: str, folds_on: str) -> None:
+    """Every fold's ``train@k``: here (:func:`train_folds`), or one flow run of deployment ``unet/fold`` per
+    fold, each on a worker of its own."""
+    if folds_on == "workers":
+        train_on_workers(repo, cfg.split.folds, experiment)
+    else:
+        train_folds(repo, cfg)
+
+
 def train_folds(repo: str, cfg: config.Config) -> None:
     """``train@k`` for every fold. In fold-parallel mode each of the GPUs this run was granted (inherited
     ``CUDA_VISIBLE_DEVICES``, else ``runtime.gpus``) trains its queue of folds one at a time, all GPUs at
@@ -93,9 +121,7 @@ def git_tracked_outputs(repo: str) -> list[str]:
 
     with Repo(repo) as dvc:
         outs = sorted({str(o.def_path) for o in dvc.index.outs if not o.use_cache})
-    untracked = subprocess.run(
-        ["git", "ls-files", "--others", "--exclude-standard"], cwd=repo, capture_output=True, text=True
-    ).stdout.split()
+    untracked = git(repo, "ls-files", "--others", "--exclude-standard", check=False).split()
     return [p for p in outs if (Path(repo) / p).exists()] + [p for p in untracked if p.endswith(".gitignore")]
 
 
@@ -159,7 +185,7 @@ def publish_artifacts(repo: str) -> dict[str, Any]:
 @flow(name="unet", log_prints=True)
 def pipeline(
     repo: str = ".",
-    preset: str | None = None,
+    preset: Preset | None = None,
     steps: int | None = None,
     precision: str | None = None,
     xla: bool | None = None,
@@ -173,21 +199,20 @@ def pipeline(
 
     Alone in the repository: a run killed before recorded where the repository stood, and what it left is
     undone first (:mod:`unet.ops.recovery`); the stages it finished are not run again."""
-    with exclusive(repo, f"flow run '{experiment}'", experiment) as run:
+    with library_log(), exclusive(repo, f"flow run '{experiment}'", experiment) as run:
         if run.recovered:
             get_run_logger().warning("%s; resuming", run.recovered)
         dvc_pull(repo)
+        if preset == "auto":  # once, so that the card names the preset that ran
+            preset = "gpu" if gpu_count() else "cpu"
         set_params(repo, overrides(preset, steps, precision, xla, gpus))
-        download(repo, "download")
-        for stage in ("validate", "split"):
-            repro(repo, stage)
-        cfg = config.load(Path(repo) / "params.yaml")
-        if folds_on == "workers":  # one flow run of deployment unet/fold per fold, each on a worker of its own
-            train_on_workers(repo, cfg.split.folds, experiment)
-        else:
-            train_folds(repo, cfg)
-        repro(repo, "evaluate")
-        repro(repo, "register", env=run_env(repo, experiment, preset))
+        cfg, env = config.load(Path(repo) / "params.yaml"), run_env(repo, experiment, preset)
+        for stage in stage_order(repo):  # dvc.yaml's stages as DVC orders them; the train@k matrix as one step
+            if stage.startswith("train@"):
+                if stage == f"train@{cfg.split.folds[0]}":
+                    train(repo, cfg, experiment, folds_on)
+            else:
+                (download if stage == "download" else repro)(repo, stage, env=env)
         save_experiment(repo, experiment)
         if push or release:
             dvc_push(repo)
@@ -201,7 +226,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", default=".")
-    p.add_argument("--preset", choices=["cpu", "cpu-long", "gpu", "auto"])
+    p.add_argument("--preset", choices=get_args(Preset))
     p.add_argument("--steps", type=int)
     p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"])
     p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None)

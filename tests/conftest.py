@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def project_params() -> str:
     """The project's params.yaml: the workspace copy, unless it is a DVC experiment's (``make run`` runs the
     cpu preset as a workspace experiment, which sets its params there), then the committed one."""
-    from unet.presets import committed_params
+    from unet.ops.experiments import committed_params
 
     return committed_params(ROOT) or (ROOT / "params.yaml").read_text()
 

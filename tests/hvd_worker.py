@@ -17,23 +17,28 @@ import numpy as np
 from tests.conftest import synthetic
 from unet import distributed
 from unet.config import Config, from_dict
-from unet.training import make_data, train
+from unet.samples import make_data
+from unet.training import train
 
 
 class SaveWeights(keras.callbacks.Callback):
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, rank: int):
         super().__init__()
-        self.out = out
+        self.out, self.rank = out, rank
 
     def on_train_end(self, logs=None):
         weights = self.model.unet.get_weights()
-        np.savez(self.out / f"rank{distributed.rank()}.npz", *weights)
+        np.savez(self.out / f"rank{self.rank}.npz", *weights)
 
 
 class Crash(keras.callbacks.Callback):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
     def on_train_batch_end(self, batch, logs=None):
         if batch == 2:
-            raise SystemExit(f"rank {distributed.rank()} crashes on purpose")
+            raise SystemExit(f"rank {self.rank} crashes on purpose")
 
 
 def main() -> None:
@@ -43,12 +48,12 @@ def main() -> None:
     p.add_argument("--crash-rank", type=int, default=-1)
     args = p.parse_args()
     cfg = from_dict(Config, json.loads(args.config))
-    distributed.configure(cfg.runtime, cfg.train.seed)
+    dist = distributed.configure(cfg.runtime, cfg.train.seed)
     images, labels = synthetic(6, 64)
-    cbs: list = [SaveWeights(args.out)]
-    if distributed.rank() == args.crash_rank:
-        cbs.append(Crash())
-    train(cfg, make_data(images, labels, cfg.train.loss), args.out / "run", callbacks=cbs)
+    cbs: list = [SaveWeights(args.out, dist.rank)]
+    if dist.rank == args.crash_rank:
+        cbs.append(Crash(dist.rank))
+    train(cfg, make_data(images, labels, cfg.train.loss), args.out / "run", dist, callbacks=cbs)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,8 @@ def test_a_shared_location_is_keyed_by_the_run():
 def test_runs_sharing_a_location_resume_only_their_own(tiny_cfg, tmp_path, caplog):
     import dataclasses
 
-    from unet.training import make_data, resume_fingerprint, train
+    from unet.samples import make_data
+    from unet.training import resume_fingerprint, train
 
     from .conftest import synthetic
 

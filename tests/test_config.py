@@ -1,5 +1,6 @@
 import ast
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -11,17 +12,42 @@ from unet.presets import PRESETS, apply
 
 from .conftest import ROOT, project_params
 
+# What params.yaml adds to the generic defaults for ISBI 2012: its sources, stacks and pixel hashes
+ISBI_DOWNLOAD = ("urls", "slice_mirrors", "images", "labels", "pixel_sha256")
+
 
 def test_params_yaml_loads_and_the_committed_one_is_the_gpu_recipe():
     config.load(ROOT / "params.yaml")  # the workspace copy (maybe an experiment's) is valid too
     cfg = config.loads(project_params())
     isbi_ranges = config.ValidateConfig(min_foreground=0.3, max_foreground=0.95, min_relative_std=0.05)
     isbi = dataclasses.replace(Config().register, dataset=cfg.register.dataset, foreground="cell interior")
-    assert cfg == dataclasses.replace(Config(), validate=isbi_ranges, register=isbi)  # the defaults: any data
+    data = dataclasses.replace(Config().download, **{k: getattr(cfg.download, k) for k in ISBI_DOWNLOAD})
+    assert cfg == Config(download=data, validate=isbi_ranges, register=isbi)  # the defaults: any data
     assert "ISBI 2012" in cfg.register.dataset
     assert (cfg.train.model.base_filters, cfg.train.model.tile, cfg.train.batch_size) == (64, 572, 8)
     assert (cfg.train.max_steps, cfg.train.learning_rate, cfg.split.k) == (6400, 1e-4, 5)
     assert (cfg.train.model.dropout, cfg.train.model.up) == (0.5, "upconv2x2")  # the authors' network
+
+
+def test_params_yaml_is_the_only_isbi_catalogue():
+    isbi = config.loads(project_params()).download
+    assert isbi.files == ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+    assert set(isbi.pixel_sha256) == set(isbi.files) and len(isbi.slice_mirrors) == 2
+    assert any("brainiac2.mit.edu/isbi_challenge" in url for url in isbi.urls)
+    default = Config().download
+    assert {k: getattr(default, k) for k in ISBI_DOWNLOAD} == {
+        "urls": (),
+        "slice_mirrors": (),
+        "images": ("images.tif",),
+        "labels": "labels.tif",
+        "pixel_sha256": {},  # accept any stack
+    }
+    text = json.dumps(config.to_dict(Config()))
+    assert "://" not in text and not [name for name in isbi.files if name in text]
+    mirrors = [url for m in isbi.slice_mirrors for url in m.files.values()]
+    catalogue = [*isbi.urls, *mirrors, *isbi.pixel_sha256.values()]
+    for path in [*(ROOT / "unet").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]:  # nor any other code
+        assert not [entry for entry in catalogue if entry in path.read_text()], path
 
 
 def test_params_are_read_as_dvc_reads_them():

@@ -101,15 +101,16 @@ def test_train_stage_runs_one_fold_over_two_hosts(tmp_path):
 
     from unet.config import from_dict
     from unet.folds import kfold
-    from unet.training import make_data, train
+    from unet.samples import make_data
+    from unet.training import train
 
     from .conftest import synthetic
 
     images, labels = synthetic(6, 64)
     raw = tmp_path / "raw"
     raw.mkdir()
-    tifffile.imwrite(raw / "train-volume.tif", images)
-    tifffile.imwrite(raw / "train-labels.tif", labels)
+    tifffile.imwrite(raw / Config().download.images[0], images)  # the names the tiny params take by default
+    tifffile.imwrite(raw / Config().download.labels, labels)
     folds = kfold(6, 2, 0)
     (tmp_path / "folds.json").write_text(json.dumps(folds))
     hosts = {"hosts": ["localhost:1", "127.0.0.1:1"], "network_interface": "lo", "start_timeout": 120}
@@ -125,7 +126,7 @@ def test_train_stage_runs_one_fold_over_two_hosts(tmp_path):
     assert f"starting 2 Horovod processes: {launch}" in r.stderr
     assert "tensorflow, 2 processes on 2 host(s)" in r.stdout + r.stderr  # hvd.size(), hvd.cross_size()
     assert (out / "model.keras").is_file() and json.loads((out / "metrics.json").read_text())["step"] == 6
-    assert r.stdout.count("Epoch 2/2") == 1  # rank 0 alone prints progress
+    assert r.stderr.count("train: step 6/6: loss ") == 1  # rank 0 alone logs progress
 
     idx = folds["folds"][0]["train"]
     cfg = from_dict(Config, json.loads(config(gpus=1)))
@@ -158,3 +159,25 @@ def test_relaunch_command_on_one_host_and_on_several(monkeypatch):
     )
     one_slot = distributed.horovod_command(RuntimeConfig(gpus=1, hosts=("gpu2:1",)), ["x"])
     assert one_slot is not None and one_slot[:5] == ["horovodrun", "-np", "1", "-H", "gpu2:1"]  # run it there
+
+
+def test_each_process_takes_its_share_of_the_global_batch():
+    from unet.distributed import Distribution
+
+    assert Distribution().share(4) == slice(0, 4)  # one process: the whole batch
+    assert [Distribution(rank=r, processes=2, replicas=2).share(4) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]
+    with pytest.raises(ValueError, match=r"^train\.batch_size: invalid value 3: must be divisible by the 2 Horovod"):
+        Distribution(rank=1, processes=2, replicas=2).share(3)
+
+
+def test_training_under_horovodrun_needs_the_configured_distribution(monkeypatch, tiny_cfg, tmp_path):
+    """A rank that trained alone would neither average gradients nor leave checkpoints to rank 0."""
+    from unet.samples import make_data
+    from unet.training import train
+
+    from .conftest import synthetic
+
+    monkeypatch.setenv("HOROVOD_RANK", "1")
+    with pytest.raises(RuntimeError, match=r"the Distribution that distributed\.configure returned"):
+        train(tiny_cfg, make_data(*synthetic(2, 64), tiny_cfg.train.loss), tmp_path)
+    assert not any(tmp_path.iterdir())  # before any output

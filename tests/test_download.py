@@ -1,5 +1,6 @@
 """download: sources in order, pixel-hash verification, retries, and one-line errors with no output."""
 
+import dataclasses
 import functools
 import http.server
 import shutil
@@ -18,13 +19,26 @@ import tifffile
 import yaml
 from PIL import Image
 
+from unet import config
 from unet.config import DownloadConfig, SliceMirrorConfig
 from unet.download import DownloadError, download
 from unet.io import pixel_sha256
 
-from .conftest import ROOT, synthetic
+from .conftest import ROOT, project_params, synthetic
 
 FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+
+
+@functools.cache
+def catalogue() -> DownloadConfig:
+    """ISBI 2012's download section as params.yaml holds it (the defaults name no data set): its stack names,
+    sources and pixel hashes."""
+    return config.loads(project_params()).download
+
+
+def names() -> dict[str, object]:
+    """ISBI's stack names, for the params files these tests write."""
+    return {"images": list(catalogue().images), "labels": catalogue().labels}
 
 
 class FlakyHandler(http.server.SimpleHTTPRequestHandler):
@@ -110,14 +124,16 @@ def dead_url() -> str:
 
 
 def fast(**kw) -> DownloadConfig:
-    return DownloadConfig(**{"timeout_s": 5.0, "retries": 2, "backoff_s": 0.0, "slice_mirrors": (), **kw})
+    """ISBI's stacks and hashes from local sources only, quickly given up."""
+    quick = {"urls": (), "slice_mirrors": (), "timeout_s": 5.0, "retries": 2, "backoff_s": 0.0}
+    return dataclasses.replace(catalogue(), **{**quick, **kw})
 
 
 def test_good_download_from_local_http_server(isbi, serve, tmp_path):
     prov = download(fast(urls=(serve(isbi),)), tmp_path / "raw")
     for name in FILES:
         arr = tifffile.imread(tmp_path / "raw" / name)
-        assert pixel_sha256(arr) == DownloadConfig().pixel_sha256[name] == prov[name]["pixel_sha256"]
+        assert pixel_sha256(arr) == catalogue().pixel_sha256[name] == prov[name]["pixel_sha256"]
         assert prov[name]["source"].startswith("http://127.0.0.1")
 
 
@@ -135,7 +151,7 @@ def test_corrupted_file_is_rejected_and_next_source_used(isbi, serve, tmp_path):
     assert prov["test-volume.tif"]["source"] == second + "test-volume.tif"  # truncated at first
     assert prov["train-labels.tif"]["source"] == first + "train-labels.tif"  # intact at first
     for name in FILES:
-        assert pixel_sha256(tifffile.imread(tmp_path / "raw" / name)) == DownloadConfig().pixel_sha256[name]
+        assert pixel_sha256(tifffile.imread(tmp_path / "raw" / name)) == catalogue().pixel_sha256[name]
 
 
 def test_dead_server_and_missing_file_list_every_source(tmp_path, serve):
@@ -185,7 +201,7 @@ def test_isbi_from_per_slice_mirrors_verified_by_the_same_pixel_hash(isbi_slices
     mirrors = tuple(SliceMirrorConfig(30, {n: base + t for n, t in MIRROR.items()}) for base in (first, second))
     prov = download(fast(urls=(), slice_mirrors=mirrors), tmp_path / "raw")
     for name in FILES:  # multi-page TIFFs whose pixels are the official stacks' (slices 10..29 after 9)
-        assert pixel_sha256(tifffile.imread(tmp_path / "raw" / name)) == DownloadConfig().pixel_sha256[name]
+        assert pixel_sha256(tifffile.imread(tmp_path / "raw" / name)) == catalogue().pixel_sha256[name]
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(FILES)
     assert prov["train-volume.tif"]["source"] == first + "train/image/{i}.png (30 slices)"
     assert prov["train-labels.tif"]["source"] == second + "train/label/{i}.png (30 slices)"
@@ -199,7 +215,7 @@ def test_local_dir_holds_each_stack_as_a_tiff_or_a_folder_of_slices(isbi, isbi_s
     shutil.copy(isbi / "test-volume.tif", local)
     prov = download(fast(urls=()), tmp_path / "raw", local_dir=str(local))
     for name in FILES:
-        assert pixel_sha256(tifffile.imread(tmp_path / "raw" / name)) == DownloadConfig().pixel_sha256[name]
+        assert pixel_sha256(tifffile.imread(tmp_path / "raw" / name)) == catalogue().pixel_sha256[name]
     assert prov["train-volume.tif"]["source"] == f"{local}/train-volume/"
     assert prov["test-volume.tif"]["source"] == f"{local}/test-volume.tif"
     shutil.copy(isbi / "train-volume.tif", local)  # now both a TIFF and a folder: ambiguous
@@ -214,7 +230,7 @@ def test_broken_transfers_are_retried(isbi, serve, tmp_path, caplog, fault, seen
     prov = download(fast(urls=(url,)), tmp_path / "raw")
     for name in FILES:
         assert pixel_sha256(tifffile.imread(tmp_path / "raw" / name)) == prov[name]["pixel_sha256"]
-        assert prov[name]["pixel_sha256"] == DownloadConfig().pixel_sha256[name]
+        assert prov[name]["pixel_sha256"] == catalogue().pixel_sha256[name]
         assert serve.requests[url][f"/{name}"] == 2
     assert caplog.text.count("retry 1/1") == 3 and seen in caplog.text
 
@@ -240,14 +256,14 @@ def test_a_network_that_answers_nothing_fails_within_the_budget(stall, tmp_path)
     a, b, c = stall(), stall(), stall()  # accept, never answer
     quick = {"connect_timeout_s": 0.5, "timeout_s": 0.5, "retries": 3, "backoff_s": 0.1, "budget_s": 2.0}
     mirror = {"slices": 3, "files": {"train-volume.tif": c + "{i}.png"}}
-    cfg = DownloadConfig(urls=(a, b), slice_mirrors=(SliceMirrorConfig(**mirror),), **quick)
+    cfg = dataclasses.replace(catalogue(), urls=(a, b), slice_mirrors=(SliceMirrorConfig(**mirror),), **quick)
     start = time.monotonic()
     with pytest.raises(DownloadError):
         download(cfg, tmp_path / "raw")
     assert time.monotonic() - start < quick["budget_s"] + 1.0  # 3 hosts x 3 attempts would take 5.4 s
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"download": {"urls": [a, b], "slice_mirrors": [mirror], **quick}}))
+    params.write_text(yaml.safe_dump({"download": {"urls": [a, b], "slice_mirrors": [mirror], **names(), **quick}}))
     r = subprocess.run(
         [sys.executable, "-m", "unet.stages.download", "--params", str(params), "--out", str(tmp_path / "raw")],
         env={"PATH": "/usr/bin:/bin"},
@@ -308,7 +324,7 @@ def _bad_sets(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 def test_each_bad_input_is_one_line_naming_the_file_with_no_output(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"download": {"urls": [], "slice_mirrors": [], "pixel_sha256": {}}}))
+    params.write_text(yaml.safe_dump({"download": {"urls": [], "slice_mirrors": [], "pixel_sha256": {}, **names()}}))
     for name, (d, expect) in _bad_sets(tmp_path).items():
         out = tmp_path / f"out_{name}"
         r = subprocess.run(
@@ -378,7 +394,9 @@ def test_an_isbi_data_dir_that_overrides_download_local_dir_is_named_in_the_erro
     (tmp_path / "key-dir").mkdir()
     params = tmp_path / "params.yaml"
     params.write_text(
-        yaml.safe_dump({"download": {"urls": [], "slice_mirrors": [], "local_dir": str(tmp_path / "key-dir")}})
+        yaml.safe_dump(
+            {"download": {"urls": [], "slice_mirrors": [], "local_dir": str(tmp_path / "key-dir"), **names()}}
+        )
     )
     r = subprocess.run(
         [sys.executable, "-m", "unet.stages.download", "--params", str(params), "--out", str(tmp_path / "raw")],

@@ -22,6 +22,16 @@ def stage(name: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"unet.stages.{name}", *args]
 
 
+def evaluated(tmp: Path) -> list[str]:
+    """evaluate's output arguments, under ``tmp``."""
+    names = {"--metrics": "metrics", "--report": "e.json", "--slices": "s.csv", "--curves": "c.csv"}
+    return [a for k, v in {**names, "--overlays": "overlays"}.items() for a in (k, str(tmp / v))]
+
+
+def registered(tmp: Path) -> list[str]:
+    return ["--out", str(tmp / "registered"), "--card", str(tmp / "card.json")]
+
+
 def cases(tmp: Path, isbi: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:
     """name -> (command, extra environment, what its one line must hold)."""
     (tmp / "empty").mkdir()
@@ -46,24 +56,44 @@ def cases(tmp: Path, isbi: Path) -> dict[str, tuple[list[str], dict[str, str], s
             {"ISBI_DATA_DIR": str(cut)},
             "train-volume.tif: unreadable or truncated TIFF",
         ),
-        "validate, no such folder": (stage("validate", "--raw", no), {}, "no such file"),
+        "validate, no such folder": (
+            stage("validate", "--raw", no, "--report", str(tmp / "r.json"), "--summary", str(tmp / "r.md")),
+            {},
+            "no such file",
+        ),
         "split, output is the input": (stage("split", "--raw", raw, "--out", raw), {}, "--out"),
         "split, unknown param": (
-            stage("split", "--params", str(tmp / "bad-params.yaml"), "--raw", raw),
+            stage("split", "--params", str(tmp / "bad-params.yaml"), "--raw", raw, "--out", str(tmp / "f.json")),
             {},
             "split.foldz: unknown key",
         ),
         "train, no folds file": (
-            stage("train", "--fold", "0", "--raw", raw, "--folds", no, "--out", str(tmp / "m")),
+            stage(
+                "train",
+                "--fold",
+                "0",
+                "--raw",
+                raw,
+                "--folds",
+                no,
+                "--out",
+                str(tmp / "m"),
+                "--checkpoints",
+                str(tmp / "c"),
+            ),
             {},
             "missing",
         ),
         "evaluate, no models": (
-            stage("evaluate", "--raw", raw, "--folds", str(tmp / "folds.json"), "--models", no),
+            stage("evaluate", "--raw", raw, "--folds", str(tmp / "folds.json"), "--models", no, *evaluated(tmp)),
             {},
             "no model for fold 0",
         ),
-        "register, no metrics": (stage("register", "--metrics", no), {}, "missing"),
+        "register, no metrics": (
+            stage("register", "--metrics", no, "--evaluation", no, "--models", no, *registered(tmp)),
+            {},
+            "missing",
+        ),
         "predict, not a TIFF": ([*UNET, "predict", str(tmp / "junk.tif"), str(tmp / "o.tif")], {}, "not a TIFF"),
         "predict, colour PNG": ([*UNET, "predict", str(tmp / "colour.png"), str(tmp / "o.tif")], {}, "colour channels"),
         "predict, no model": (

@@ -45,14 +45,14 @@ def test_too_few_slices_per_fold(n, k, m, most):
 def test_split_stage_fails_in_one_line_with_no_output(tmp_path):
     _, labels = synthetic(n=7, size=16)
     (tmp_path / "raw").mkdir()
-    tifffile.imwrite(tmp_path / "raw" / "train-labels.tif", labels)
+    tifffile.imwrite(tmp_path / "raw" / "labels.tif", labels)  # the default download.labels
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"split": {"folds": [0, 1, 2, 3], "min_slices_per_fold": 2}}))
     cmd = [sys.executable, "-m", "unet.stages.split", "--params", str(params), "--raw", str(tmp_path / "raw")]
     r = subprocess.run([*cmd, "--out", str(tmp_path / "folds.json")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         f"split: error: split.folds: 4 folds of at least 2 validation slices (split.min_slices_per_fold) need 8 "
-        f"labelled slices; {tmp_path / 'raw' / 'train-labels.tif'} has 7: use fewer folds (at most 3) or add slices"
+        f"labelled slices; {tmp_path / 'raw' / 'labels.tif'} has 7: use fewer folds (at most 3) or add slices"
     ]
     assert not (tmp_path / "folds.json").exists()
 

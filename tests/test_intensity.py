@@ -11,8 +11,8 @@ from unet.export import ensemble
 from unet.intensity import UINT8, Intensity, IntensityMap, fit_intensity, intensities, with_intensity
 from unet.model import build_unet
 from unet.predict import load_model
+from unet.samples import make_data
 from unet.tiling import predict_slices
-from unet.training import make_data
 
 pytestmark = pytest.mark.core
 EXACT = keras.backend.backend() == "tensorflow"  # XLA on JAX divides by a broadcast scalar as x * (1/s): 1 ulp

@@ -106,7 +106,8 @@ def test_experiments_compare_fold_by_fold_and_leave_history_alone(isbi, tmp_path
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert git(repo, "rev-parse", "HEAD") == head and git(repo, "tag") == tags  # no commit, no tag
     committed = config.loads(git(repo, "show", "HEAD:params.yaml"))  # still the GPU recipe (+ ISBI's ranges)
-    generic = {"validate": config.ValidateConfig(), "register": config.RegisterConfig()}  # ISBI's ranges, name
+    generic = {"download": config.DownloadConfig(), "validate": config.ValidateConfig()}  # ISBI's data, ranges
+    generic["register"] = config.RegisterConfig()  # and ISBI's data set in the model card
     assert dataclasses.replace(committed, **generic) == config.Config()
     cfg = config.load(repo / "params.yaml")  # the workspace holds the experiment, as dvc exp run -S leaves it
     assert cfg.train.model.base_filters == 8 and cfg.train.max_steps == QUICK["train.max_steps"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,16 @@ FAKE_SMI = """#!/bin/sh
 echo "GPU 0: NVIDIA H200 (UUID: GPU-00000000-0000-0000-0000-000000000000)"
 echo "GPU 1: NVIDIA H200 (UUID: GPU-00000000-0000-0000-0000-000000000001)"
 """
+
+
+@pytest.fixture(autouse=True)
+def said_as_the_command_says_it():
+    """The library's messages on stderr as ``python -m unet.presets`` shows them (its ``main`` does this first)."""
+    library = logging.getLogger("unet")
+    level, handler = library.level, presets.say_on_stderr()
+    yield
+    library.removeHandler(handler)
+    library.setLevel(level)
 
 
 def _fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,3 +73,11 @@ def test_a_host_without_gpu_devices_is_not_probed(monkeypatch, capsys):
     monkeypatch.setattr(presets, "backend_gpus", lambda: pytest.fail("the backend was started"))
     assert presets.resolve("auto") == "cpu"
     assert capsys.readouterr().err.strip().splitlines() == ["presets: 0 GPU(s) found: using the 'cpu' preset"]
+
+
+def test_the_flow_offers_every_preset_and_auto():
+    from typing import get_args
+
+    from flows.pipeline import Preset
+
+    assert set(get_args(Preset)) == {*presets.PRESETS, "auto"}

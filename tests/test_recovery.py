@@ -29,7 +29,7 @@ stages:
     deps: [a.txt]
     outs: [b.txt]
 """
-# what unet.presets.run_experiment does around `dvc exp run`, as a process of its own to kill
+# what `python -m unet.presets run` does around `dvc exp run`, as a process of its own to kill
 DRIVER = """\
 import subprocess, sys
 from unet.ops.recovery import exclusive
@@ -114,7 +114,7 @@ def test_a_killed_dvc_exp_run_is_recovered_and_resumed_and_a_second_run_is_refus
 
 
 def test_a_rerun_is_a_no_op_only_for_the_same_params_and_code_and_never_over_the_users_edits(tmp_path):
-    from unet.presets import unchanged_experiment, user_edits
+    from unet.ops.experiments import unchanged_experiment, user_edits
 
     repo = toy_repo(tmp_path)
     (repo / "go").touch()

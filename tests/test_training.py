@@ -8,8 +8,10 @@ from keras import ops
 
 from unet.augment import augment, draw_params
 from unet.config import Config, LossConfig, TrainConfig
+from unet.distributed import Distribution
 from unet.intensity import intensities
-from unet.training import batches, draw_step, make_data, make_trainer, train
+from unet.samples import batches, draw_step, make_data
+from unet.training import make_trainer, train
 
 from .conftest import synthetic
 
@@ -65,7 +67,7 @@ def test_device_batches_match_the_host_definition(tiny_cfg):
     assert (expected[2] != 1).any()  # border weights are exercised
     np.testing.assert_array_equal(draw_step(t, step, 5, (40, 40), tile, out)["index"], idx)
     for rank in (0, 1):
-        (params,) = next(batches(data, t, step, tile, out, rank=rank, world=2))
+        (params,) = next(batches(data, t, step, tile, out, Distribution(rank=rank, processes=2).share(4)))
         assert set(params) == {"index", "center", "dihedral", "grid", "brightness", "contrast"}  # no pixels
         got = trainer.tiles({k: ops.convert_to_tensor(v) for k, v in params.items()})
         for a, b in zip(got, expected, strict=True):

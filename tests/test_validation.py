@@ -105,14 +105,15 @@ def test_bounds_are_checked_at_load():
 def test_validate_stage_fails_in_one_line_naming_the_slices_with_no_output(tmp_path):
     images, labels = sparse_uint16(n=6, h=40, w=52)
     images[4] = 1234  # blank
-    tifffile.imwrite(tmp_path / "train-volume.tif", images)
-    tifffile.imwrite(tmp_path / "train-labels.tif", labels)
+    cfg = config.Config()  # the generic defaults: images.tif, labels.tif
+    tifffile.imwrite(tmp_path / cfg.download.images[0], images)
+    tifffile.imwrite(tmp_path / cfg.download.labels, labels)
     report, summary = tmp_path / "report.json", tmp_path / "summary.md"
     args = argparse.Namespace(raw=str(tmp_path), report=str(report), summary=str(summary))
     with pytest.raises(ValidationFailed) as err:
-        stage.main(args, config.Config())  # the generic defaults
+        stage.main(args, cfg)
     assert str(err.value) == (
-        f"{tmp_path / 'train-labels.tif'}: validation of 6 slices failed: "
+        f"{tmp_path / 'labels.tif'}: validation of 6 slices failed: "
         "expect_column_values_to_be_between on relative_std {'min_value': 0.01} failed at slices 4"
     )
     assert not report.exists() and not summary.exists()

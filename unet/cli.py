@@ -2,7 +2,8 @@
 ``unet predict IN OUT.tif`` turns a grey stack (multi-page TIFF or folder of slices) of any size into
 float32 foreground probabilities (1 = cell interior, the polarity of ``train-labels.tif``) or binary masks,
 by overlap-tile inference with one model or an ensemble, optionally with test-time augmentation, streamed
-page by page (see :mod:`unet.predict`).
+page by page, with Keras or (``--engine onnx``) ONNX Runtime, which starts no Keras backend (see
+:mod:`unet.predict`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +20,8 @@ def predict(args: argparse.Namespace) -> None:
 
     from unet.io import DataError, check_outputs
 
+    if args.models is None:
+        args.models = [f"models/registered/model.{args.engine}"]
     # before the backend starts: an output that would replace the input, a model or a directory is refused
     if Path(args.output).is_dir():
         raise DataError(f"{args.output}: output is a directory; name the output file (OUT.tif)")
@@ -28,7 +30,8 @@ def predict(args: argparse.Namespace) -> None:
     from unet.stages._cli import start_backend
 
     stack_info(args.input)  # a bad input fails here, before the backend starts
-    start_backend()
+    if args.engine == "keras":  # ONNX Runtime needs no Keras backend: none is imported
+        start_backend()
     from unet.predict import predict_file
 
     logging.basicConfig(level=logging.INFO, format="unet predict: %(message)s", stream=sys.stderr)
@@ -40,6 +43,8 @@ def predict(args: argparse.Namespace) -> None:
         tta=args.tta,
         threshold=args.threshold,
         log_every=args.log_every,
+        engine=args.engine,
+        threads=args.threads,
     )
     kind = f"uint8 masks (threshold {args.threshold})" if args.threshold is not None else "float32 probabilities"
     print(
@@ -53,13 +58,14 @@ def release(args: argparse.Namespace) -> None:
     import logging
 
     from unet import config
+    from unet.ops.runner import run
     from unet.release import experiment_commit, release
 
     logging.basicConfig(level=logging.INFO, format="unet release: %(message)s", stream=sys.stderr)
     repo = Path(args.repo)
     # the experiment's own params name the artifact and its stage
     sha = experiment_commit(repo, args.experiment)
-    shown = subprocess.run(["git", "show", f"{sha}:params.yaml"], cwd=repo, capture_output=True, text=True)
+    shown = run(["git", "show", f"{sha}:params.yaml"], repo, check=False)
     if shown.returncode != 0:
         raise ValueError(f"experiment {args.experiment}: no params.yaml in its commit {sha[:7]}")
     cfg = config.loads(shown.stdout, f"{args.experiment}:params.yaml").register
@@ -80,8 +86,17 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument(
         "--models",
         nargs="+",
-        default=["models/registered/model.keras"],
-        help="one or more .keras models; several are averaged (default: %(default)s)",
+        help="one or more .keras (or with --engine onnx, .onnx) models; several are averaged "
+        "(default: models/registered/model.keras, or model.onnx)",
+    )
+    pr.add_argument(
+        "--engine",
+        choices=("keras", "onnx"),
+        default="keras",
+        help="run the models with Keras or with ONNX Runtime, which imports no TensorFlow/JAX (default: %(default)s)",
+    )
+    pr.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime's threads per model call, 0: one per core (default: 0)"
     )
     pr.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     pr.add_argument("--threshold", type=float, help="write binary masks (0/255) at this probability")
@@ -102,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--threshold: invalid value {args.threshold}: must be in (0, 1)")
     if args.command == "predict" and args.batch_size < 1:
         p.error(f"--batch-size: invalid value {args.batch_size}: must be at least 1")
+    if args.command == "predict" and args.threads < 0:
+        p.error(f"--threads: invalid value {args.threads}: must be at least 0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         (predict if args.command == "predict" else release)(args)

@@ -1,23 +1,21 @@
 """Typed configuration: one frozen dataclass per ``params.yaml`` section, loaded once at an entry point.
 
 Unknown keys and invalid values raise ``ValueError`` naming the key (as a dotted path) and the value
-received. Library code never reads ``params.yaml`` itself; it receives these objects.
+received (``unet.schema`` reads the plain data). Library code never reads ``params.yaml`` itself; it receives
+these objects. The defaults name no data set: ``params.yaml`` holds ISBI 2012's sources, hashes and ranges.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from unet.geometry import check_tile
-
-T = TypeVar("T")
+from unet.schema import check, check_choices, from_dict, read_yaml
+from unet.schema import fingerprint as fingerprint  # re-exported: callers take the whole API from here
+from unet.schema import to_dict as to_dict
 
 
 @dataclass(frozen=True)
@@ -30,61 +28,26 @@ class SliceMirrorConfig:
     files: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.slices >= 1, "download.slice_mirrors.slices", self.slices, "must be >= 1")
-        _check(bool(self.files), "download.slice_mirrors.files", self.files, "must name at least one stack")
+        check(self.slices >= 1, "download.slice_mirrors.slices", self.slices, "must be >= 1")
+        check(bool(self.files), "download.slice_mirrors.files", self.files, "must name at least one stack")
         for name, url in self.files.items():
             key = f"download.slice_mirrors.files.{name}"
-            _check(url.startswith(("http://", "https://")), key, url, "must be http(s)")
-            _check("{i" in url, key, url, "must hold the slice index field {i} (e.g. .../{i}.png)")
-
-
-_ZHIXUHAO = "https://raw.githubusercontent.com/zhixuhao/unet/b45af4d458437d8281cc218a07fd4380818ece4a/data/membrane/"
-_HANSBU = "https://raw.githubusercontent.com/hansbu/CSE527_FinalProject/99af3a01c66e81461324f223d66c6ab37c332fde/data/"
-
-
-def isbi_slice_mirrors() -> tuple[SliceMirrorConfig, ...]:
-    """ISBI 2012 as one lossless file per slice, in two repositories at pinned commits."""
-    return (
-        SliceMirrorConfig(
-            30,
-            {
-                "train-volume.tif": _ZHIXUHAO + "train/image/{i}.png",
-                "train-labels.tif": _ZHIXUHAO + "train/label/{i}.png",
-                "test-volume.tif": _ZHIXUHAO + "test/{i}.png",
-            },
-        ),
-        SliceMirrorConfig(
-            30,
-            {
-                "train-volume.tif": _HANSBU + "train/{i}.tif",
-                "train-labels.tif": _HANSBU + "label/{i}.tif",
-                "test-volume.tif": _HANSBU + "test/{i}.tif",
-            },
-        ),
-    )
+            check(url.startswith(("http://", "https://")), key, url, "must be http(s)")
+            check("{i" in url, key, url, "must hold the slice index field {i} (e.g. .../{i}.png)")
 
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    """Where the stacks come from, how each is verified, and how long the network may take."""
+    """Where the stacks come from, how each is verified, and how long the network may take. The defaults name
+    no data set: ``images.tif`` and ``labels.tif`` from ``local_dir``, no URL, no mirror, no checksum."""
 
     local_dir: str | None = None  # also taken from $ISBI_DATA_DIR, which wins when set
-    urls: tuple[str, ...] = (
-        "http://brainiac2.mit.edu/isbi_challenge/sites/default/files/",
-        "https://raw.githubusercontent.com/zhixuhao/unet/master/data/membrane/",
-        "https://github.com/zhixuhao/unet/raw/master/data/membrane/",
-    )
-    slice_mirrors: tuple[SliceMirrorConfig, ...] = field(default_factory=isbi_slice_mirrors)  # after urls
-    images: tuple[str, ...] = ("train-volume.tif", "test-volume.tif")
-    labels: str = "train-labels.tif"
+    urls: tuple[str, ...] = ()  # whole-stack sources tried in order after local_dir; the file name is appended
+    slice_mirrors: tuple[SliceMirrorConfig, ...] = ()  # after urls
+    images: tuple[str, ...] = ("images.tif",)  # the first is the labelled training stack
+    labels: str = "labels.tif"
     # sha256 of the decoded C-order pixel array; an empty mapping accepts any valid stack.
-    pixel_sha256: dict[str, str] = field(
-        default_factory=lambda: {
-            "train-volume.tif": "200da3d452d726e6c9ca1ce04b869d4edb727320d23b516d01cce707dc8c4760",
-            "train-labels.tif": "a7cb64000a1a7e542682927e19c91339f58f9f178e0bcce4e207371116f0ca36",
-            "test-volume.tif": "1b58fa7ec1d0ff9d39a855622db3ff66a97863036339b0d04be51b2f5a99b0e9",
-        }
-    )
+    pixel_sha256: dict[str, str] = field(default_factory=dict)
     connect_timeout_s: float = 10.0  # name lookup + TCP connect
     timeout_s: float = 30.0  # longest wait for the next bytes of an open transfer
     retries: int = 3  # attempts per URL
@@ -93,25 +56,21 @@ class DownloadConfig:
 
     def __post_init__(self) -> None:
         for key in ("connect_timeout_s", "timeout_s", "budget_s"):
-            _check(getattr(self, key) > 0, f"download.{key}", getattr(self, key), "must be > 0")
-        _check(self.retries >= 1, "download.retries", self.retries, "must be >= 1")
-        _check(self.backoff_s >= 0, "download.backoff_s", self.backoff_s, "must be >= 0")
+            check(getattr(self, key) > 0, f"download.{key}", getattr(self, key), "must be > 0")
+        check(self.retries >= 1, "download.retries", self.retries, "must be >= 1")
+        check(self.backoff_s >= 0, "download.backoff_s", self.backoff_s, "must be >= 0")
         for url in self.urls:
-            _check(url.startswith(("http://", "https://")), "download.urls", url, "must be http(s)")
-        _check(bool(self.images), "download.images", list(self.images), "must name at least one stack")
+            check(url.startswith(("http://", "https://")), "download.urls", url, "must be http(s)")
+        check(bool(self.images), "download.images", list(self.images), "must name at least one stack")
         for name in self.files:
-            _check(
-                name.lower().endswith((".tif", ".tiff")) and "/" not in name,
-                "download.images" if name != self.labels else "download.labels",
-                name,
-                "must be a file name ending in .tif or .tiff (data/raw holds multi-page TIFFs)",
-            )
-        _check(len(set(self.files)) == len(self.files), "download.labels", self.labels, "is also in download.images")
-        for key, names in [("download.pixel_sha256", self.pixel_sha256)] + [
-            ("download.slice_mirrors.files", m.files) for m in self.slice_mirrors
-        ]:
-            for name in names:
-                _check(name in self.files, f"{key}.{name}", name, f"not a stack of download: {', '.join(self.files)}")
+            key = "download.labels" if name == self.labels else "download.images"
+            ok = name.lower().endswith((".tif", ".tiff")) and "/" not in name
+            check(ok, key, name, "must be a file name ending in .tif or .tiff (data/raw holds multi-page TIFFs)")
+        check(len(set(self.files)) == len(self.files), "download.labels", self.labels, "is also in download.images")
+        named = {f"download.pixel_sha256.{name}": name for name in self.pixel_sha256}
+        named |= {f"download.slice_mirrors.files.{name}": name for m in self.slice_mirrors for name in m.files}
+        for key, name in named.items():
+            check(name in self.files, key, name, f"not a stack of download: {', '.join(self.files)}")
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -128,13 +87,10 @@ class ValidateConfig:
     min_relative_std: float = 0.01  # grey std / the stack's 1st-99th percentile range; below = blank slice
 
     def __post_init__(self) -> None:
-        _check(
-            0 <= self.min_foreground <= self.max_foreground <= 1,
-            "validate.min_foreground",
-            (self.min_foreground, self.max_foreground),
-            "need 0 <= min_foreground <= max_foreground <= 1",
-        )
-        _check(self.min_relative_std >= 0, "validate.min_relative_std", self.min_relative_std, "must be >= 0")
+        low, high = self.min_foreground, self.max_foreground
+        why = "need 0 <= min_foreground <= max_foreground <= 1"
+        check(0 <= low <= high <= 1, "validate.min_foreground", (low, high), why)
+        check(self.min_relative_std >= 0, "validate.min_relative_std", self.min_relative_std, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -147,14 +103,10 @@ class SplitConfig:
     min_slices_per_fold: int = 2  # validation slices each fold needs at least: k folds need k x this
 
     def __post_init__(self) -> None:
-        _check(len(self.folds) >= 2, "split.folds", list(self.folds), "need at least 2 folds")
-        _check(
-            list(self.folds) == list(range(len(self.folds))),
-            "split.folds",
-            list(self.folds),
-            f"must be [0, 1, ..., k-1], e.g. {list(range(len(self.folds)))}",
-        )
-        _check(self.min_slices_per_fold >= 1, "split.min_slices_per_fold", self.min_slices_per_fold, "must be >= 1")
+        check(len(self.folds) >= 2, "split.folds", list(self.folds), "need at least 2 folds")
+        ids = list(range(len(self.folds)))
+        check(list(self.folds) == ids, "split.folds", list(self.folds), f"must be [0, 1, ..., k-1], e.g. {ids}")
+        check(self.min_slices_per_fold >= 1, "split.min_slices_per_fold", self.min_slices_per_fold, "must be >= 1")
 
     @property
     def k(self) -> int:
@@ -172,10 +124,10 @@ class AugmentConfig:
     contrast: float = 0.2  # max relative contrast change
 
     def __post_init__(self) -> None:
-        _check(self.elastic_sigma >= 0, "train.augment.elastic_sigma", self.elastic_sigma, "must be >= 0")
-        _check(self.elastic_grid >= 2, "train.augment.elastic_grid", self.elastic_grid, "must be >= 2")
-        _check(0 <= self.brightness <= 1, "train.augment.brightness", self.brightness, "must be in [0, 1]")
-        _check(0 <= self.contrast < 1, "train.augment.contrast", self.contrast, "must be in [0, 1)")
+        check(self.elastic_sigma >= 0, "train.augment.elastic_sigma", self.elastic_sigma, "must be >= 0")
+        check(self.elastic_grid >= 2, "train.augment.elastic_grid", self.elastic_grid, "must be >= 2")
+        check(0 <= self.brightness <= 1, "train.augment.brightness", self.brightness, "must be in [0, 1]")
+        check(0 <= self.contrast < 1, "train.augment.contrast", self.contrast, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -189,12 +141,10 @@ class ModelConfig:
     tile: int = 572  # input tile side; output side is tile - margin
 
     def __post_init__(self) -> None:
-        _check(self.base_filters >= 1, "train.model.base_filters", self.base_filters, "must be >= 1")
-        _check(2 <= self.depth <= 7, "train.model.depth", self.depth, "must be in [2, 7]")
-        _check(0 <= self.dropout < 1, "train.model.dropout", self.dropout, "must be in [0, 1)")
-        _check(
-            self.up in ("upconv2x2", "transpose3x3"), "train.model.up", self.up, "must be 'upconv2x2' or 'transpose3x3'"
-        )
+        check(self.base_filters >= 1, "train.model.base_filters", self.base_filters, "must be >= 1")
+        check(2 <= self.depth <= 7, "train.model.depth", self.depth, "must be in [2, 7]")
+        check(0 <= self.dropout < 1, "train.model.dropout", self.dropout, "must be in [0, 1)")
+        check_choices(self, "train.model")
         check_tile(self.tile, self.depth, name="train.model.tile")
 
 
@@ -208,8 +158,8 @@ class LossConfig:
     sigma: float = 5.0  # px
 
     def __post_init__(self) -> None:
-        _check(self.dice_weight >= 0, "train.loss.dice_weight", self.dice_weight, "must be >= 0")
-        _check(self.sigma > 0, "train.loss.sigma", self.sigma, "must be > 0")
+        check(self.dice_weight >= 0, "train.loss.dice_weight", self.dice_weight, "must be >= 0")
+        check(self.sigma > 0, "train.loss.sigma", self.sigma, "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -232,19 +182,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "steps_per_epoch", "checkpoint_every", "keep_checkpoints"):
-            _check(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "must be >= 1")
-        _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
-        _check(
-            self.schedule in ("constant", "cosine"), "train.schedule", self.schedule, "must be 'constant' or 'cosine'"
-        )
-        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
-        _check(
-            self.checkpoint_every % self.steps_per_epoch == 0,
-            "train.checkpoint_every",
-            self.checkpoint_every,
-            f"must be a multiple of train.steps_per_epoch={self.steps_per_epoch}",
-        )
+            check(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "must be >= 1")
+        check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
+        check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+        check_choices(self, "train")
+        check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        every, why = self.checkpoint_every, f"must be a multiple of train.steps_per_epoch={self.steps_per_epoch}"
+        check(every % self.steps_per_epoch == 0, "train.checkpoint_every", every, why)
 
 
 @dataclass(frozen=True)
@@ -257,9 +201,9 @@ class EvaluateConfig:
     overlays: int = 2  # overlay PNGs per fold
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")
-        _check(0 < self.threshold < 1, "evaluate.threshold", self.threshold, "must be in (0, 1)")
-        _check(self.overlays >= 0, "evaluate.overlays", self.overlays, "must be >= 0")
+        check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")
+        check(0 < self.threshold < 1, "evaluate.threshold", self.threshold, "must be in (0, 1)")
+        check(self.overlays >= 0, "evaluate.overlays", self.overlays, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -274,15 +218,11 @@ class RegisterConfig:
     foreground: str = "foreground"  # what label 1 (white) means in that data, e.g. cell interior
 
     def __post_init__(self) -> None:
-        _check(self.select in ("best", "ensemble"), "register.select", self.select, "must be 'best' or 'ensemble'")
-        _check(
-            bool(self.name) and self.name.replace("-", "").isalnum(),
-            "register.name",
-            self.name,
-            "must be letters, digits and '-'",
-        )
+        check_choices(self, "register")
+        ok = bool(self.name) and self.name.replace("-", "").isalnum()
+        check(ok, "register.name", self.name, "must be letters, digits and '-'")
         for key in ("dataset", "foreground"):
-            _check(bool(getattr(self, key).strip()), f"register.{key}", getattr(self, key), "must not be empty")
+            check(bool(getattr(self, key).strip()), f"register.{key}", getattr(self, key), "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -300,32 +240,23 @@ class RuntimeConfig:
     start_timeout: int = 30  # s for horovodrun to reach every host and start every process
 
     def __post_init__(self) -> None:
-        _check(
-            self.precision in ("float32", "mixed_float16", "mixed_bfloat16"),
-            "runtime.precision",
-            self.precision,
-            "must be float32, mixed_float16 or mixed_bfloat16",
-        )
-        _check(self.gpus >= 0, "runtime.gpus", self.gpus, "must be >= 0")
-        _check(self.parallel in ("data", "fold"), "runtime.parallel", self.parallel, "must be 'data' or 'fold'")
-        _check(self.start_timeout >= 1, "runtime.start_timeout", self.start_timeout, "must be >= 1 (seconds)")
-        _check(
-            self.network_interface is None or _NAME.fullmatch(self.network_interface) is not None,
-            "runtime.network_interface",
-            self.network_interface,
-            "must be one interface name, e.g. eth0",
-        )
+        check_choices(self, "runtime")
+        check(self.gpus >= 0, "runtime.gpus", self.gpus, "must be >= 0")
+        check(self.start_timeout >= 1, "runtime.start_timeout", self.start_timeout, "must be >= 1 (seconds)")
+        nic = self.network_interface
+        ok = nic is None or _NAME.fullmatch(nic) is not None
+        check(ok, "runtime.network_interface", nic, "must be one interface name, e.g. eth0")
         if not self.hosts:
             return
         for host in self.hosts:
             name, _, slots = host.rpartition(":")
             ok = _NAME.fullmatch(name) is not None and slots.isdigit() and int(slots) >= 1
-            _check(ok, "runtime.hosts", host, "each entry must be 'hostname:slots', e.g. 'gpu1:4'")
+            check(ok, "runtime.hosts", host, "each entry must be 'hostname:slots', e.g. 'gpu1:4'")
         names = [h.rpartition(":")[0] for h in self.hosts]
-        _check(len(set(names)) == len(names), "runtime.hosts", list(self.hosts), "a host is listed twice")
-        _check(self.parallel == "data", "runtime.hosts", list(self.hosts), "needs runtime.parallel: data")
+        check(len(set(names)) == len(names), "runtime.hosts", list(self.hosts), "a host is listed twice")
+        check(self.parallel == "data", "runtime.hosts", list(self.hosts), "needs runtime.parallel: data")
         total = sum(int(h.rpartition(":")[2]) for h in self.hosts)
-        _check(self.gpus == total, "runtime.gpus", self.gpus, f"must equal the slots of runtime.hosts ({total})")
+        check(self.gpus == total, "runtime.gpus", self.gpus, f"must equal the slots of runtime.hosts ({total})")
 
 
 # Runtime params that say where a run's processes are placed, not what they compute: a checkpoint written
@@ -347,67 +278,9 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
-def _check(ok: bool, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}: invalid value {value!r}: {why}")
-
-
-def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by dotted key."""
-    where = prefix.rstrip(".") or "params"
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{prefix}{unknown[0]}: unknown key (valid keys: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key + ".")  # type: ignore[arg-type]
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        return _coerce(next(a for a in args if a is not type(None)), value, key)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ValueError(f"{key}: invalid value {value!r}: must be one of {list(typing.get_args(tp))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{key}: invalid value {value!r}: expected a list")
-        return tuple(_coerce(typing.get_args(tp)[0], v, key) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}: invalid value {value!r}: expected a mapping")
-        return {str(k): _coerce(typing.get_args(tp)[1], v, f"{key}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise ValueError(f"{key}: invalid value {value!r}: expected {tp.__name__}")
-    return value
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-data form of a config (tuples become lists), for YAML/JSON."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
 def loads(text: str, where: str = "params.yaml") -> Config:
     """Parse and validate params text as DVC does (YAML 1.2, ruamel): ``1e-4`` is a float, ``on`` a string."""
-    from ruamel.yaml import YAML, YAMLError
-
-    try:
-        data = YAML(typ="safe", pure=True).load(text) or {}
-    except YAMLError as exc:
-        raise ValueError(f"{where}: cannot read params: {' '.join(str(exc).split())}") from exc
-    return from_dict(Config, data)
+    return from_dict(Config, read_yaml(text, where))
 
 
 def load(path: str | Path = "params.yaml") -> Config:
@@ -418,11 +291,3 @@ def load(path: str | Path = "params.yaml") -> Config:
     except OSError as exc:
         raise ValueError(f"{path}: cannot read params: {exc}") from exc
     return loads(text, str(path))
-
-
-def fingerprint(cfg: Any) -> str:
-    """Stable short hash of a config subtree (used to refuse resuming a different run)."""
-    import hashlib
-
-    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,17 +1,21 @@
-"""Our models in and out of files: ``.keras`` always, a TensorFlow SavedModel for serving when the backend is
-TensorFlow, fold ensembles as one Keras model whose output keeps the logits contract, and the one loader.
+"""Our models in and out of files: ``.keras`` always, a TensorFlow SavedModel and an ONNX model (Keras's own
+exporter, batch and spatial dimensions dynamic, the admissible tile sides and halo in its metadata) when the
+backend is TensorFlow, fold ensembles as one Keras model whose output keeps the logits contract, and the one loader.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers, ops
 
-from unet.intensity import IntensityMap
+from unet.geometry import output_size
+from unet.intensity import IntensityMap, intensities
 from unet.io import DataError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -60,19 +64,113 @@ def load(path: str | Path) -> keras.Model:
 
 
 def export(model: keras.Model, directory: str | Path) -> dict[str, str]:
-    """Write ``model.keras`` (and ``saved_model/`` on TensorFlow) under ``directory``; return the paths."""
+    """Write ``model.keras`` (and ``saved_model/`` and ``model.onnx`` on TensorFlow) under ``directory``.
+
+    Returns:
+        The written paths by format (``keras``, ``saved_model``, ``onnx``), and with ONNX the tile geometry
+        that its metadata records (``onnx_tiles``, ``onnx_halo``; see :func:`onnx_metadata`).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"keras": str(directory / "model.keras")}
     with atomic_path(paths["keras"]) as tmp:
         model.save(tmp)
-    if keras.backend.backend() == "tensorflow":
-        paths["saved_model"] = str(directory / "saved_model")
-        with atomic_path(paths["saved_model"]) as tmp:
-            model.export(str(tmp), format="tf_saved_model", verbose=False)
-    else:
-        log.info("SavedModel export skipped: it needs the TensorFlow backend (this is %s)", keras.backend.backend())
-    return paths
+    if keras.backend.backend() != "tensorflow":
+        # Keras exports ONNX on JAX through jax2onnx, which this project does not pin
+        log.info(
+            "SavedModel and ONNX export skipped: they need the TensorFlow backend (this is %s)", keras.backend.backend()
+        )
+        return paths
+    paths["saved_model"] = str(directory / "saved_model")
+    with atomic_path(paths["saved_model"]) as tmp:
+        model.export(str(tmp), format="tf_saved_model", verbose=False)
+    paths["onnx"] = str(directory / "model.onnx")
+    meta = export_onnx(model, paths["onnx"])
+    return {**paths, "onnx_tiles": meta["unet.tiles"], "onnx_halo": meta["unet.halo"]}
+
+
+def onnx_metadata(model: keras.Model) -> dict[str, str]:
+    """What an ONNX runtime needs to know that the graph's dynamic shapes do not say, as ONNX metadata_props.
+
+    The valid convolutions accept only some input sides (each pooled map even): ``unet.tiles`` lists the
+    admissible square tile sides up to 1024 (then every ``unet.tile_step``-th side), ``unet.halo`` is the
+    context in pixels that each side loses, so an input of side t gives an output of side t - 2 * halo.
+    ``unet.tile``/``unet.out`` are the sides the model was built for, ``unet.intensity`` its intensity maps.
+    """
+    tile, out = int(model.input_shape[1]), int(model.output_shape[1])
+    depth = next(d for d in range(1, 10) if output_size(tile, d) == out)
+    tiles = [t for t in range(1, 1025) if output_size(t, depth)]
+    return {
+        "unet.tile": str(tile),
+        "unet.out": str(out),
+        "unet.halo": str((tile - out) // 2),
+        "unet.depth": str(depth),
+        "unet.tiles": ",".join(map(str, tiles)),
+        "unet.tile_step": str(tiles[1] - tiles[0]),
+        "unet.intensity": json.dumps([vars(i) for i in intensities(model)]),
+        "unet.output": "logits (batch, h, w, 2); softmax channel 1 is the foreground probability",
+    }
+
+
+def export_onnx(model: keras.Model, path: str | Path) -> dict[str, str]:
+    """Write ``model`` (TensorFlow backend) as ONNX with dynamic batch, height and width; return its metadata.
+
+    Input ``grey`` (batch, height, width, 1) float32 raw grey values (the model's own intensity map is in the
+    graph), output ``logits`` (batch, height - 2 halo, width - 2 halo, 2).
+    """
+    import onnx
+    import tensorflow as tf
+
+    # None in all three: tf2onnx converts the valid convolutions, pools and crop-and-concat with symbolic
+    # shapes, so one file serves every admissible tile side and batch size (tested at several sides)
+    spec = keras.InputSpec(shape=(None, None, None, 1), dtype="float32", name="grey")
+    with atomic_path(path) as tmp:
+        try:
+            model.export(str(tmp), format="onnx", input_signature=[spec], verbose=False)
+        except Exception as exc:  # any converter failure: try tf2onnx itself, which raises its own error
+            # Keras wraps tf2onnx with its own numpy-2 patches and endpoint tracking; should that layer fail
+            # (a Keras/tf2onnx version skew), convert the model's call as a tf.function with the same signature
+            log.warning("Keras's ONNX export failed (%s): converting with tf2onnx directly", exc)
+            import tf2onnx
+
+            sig = (tf.TensorSpec((None, None, None, 1), tf.float32, name="grey"),)
+            fn = tf.function(lambda x: model(x, training=False), input_signature=sig)
+            tf2onnx.convert.from_function(fn, input_signature=sig, output_path=str(tmp))
+        proto = onnx.load(str(tmp))
+        _name_dims(proto)
+        meta = onnx_metadata(model)
+        onnx.helper.set_model_props(proto, meta)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return meta
+
+
+def _name_dims(proto) -> None:  # type: ignore[no-untyped-def]
+    """tf2onnx names the dynamic dimensions unk__N and the output Identity:0: give them names a user reads."""
+    graph = proto.graph
+    old = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = ["logits" if o == old else o for o in node.output]
+        node.input[:] = ["logits" if i == old else i for i in node.input]
+    graph.output[0].name = "logits"
+    for value, names in (
+        (graph.input[0], ("batch", "height", "width")),
+        (graph.output[0], ("batch", "out_h", "out_w")),
+    ):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names, strict=False):
+            dim.dim_param = name
+
+
+def check_onnx(path: str | Path, model: keras.Model, x: np.ndarray, atol: float = 1e-4) -> float:
+    """Max |ONNX Runtime - Keras| of the logits on ``x``; raise ``RuntimeError`` above ``atol``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+    diff = float(np.abs(got - keras.ops.convert_to_numpy(model(x))).max())
+    if diff > atol:
+        raise RuntimeError(f"{path}: ONNX Runtime's output differs from Keras's (max |diff| {diff:.2e})")
+    return diff
 
 
 def load_saved_model(path: str | Path):  # type: ignore[no-untyped-def]

@@ -3,26 +3,28 @@
 Slices are decoded one at a time (:func:`unet.io.iter_slices`), their tiles batched across slices through
 the model or ensemble (:func:`unet.tiling.iter_predictions`), and each result appended to the output TIFF
 as soon as it is complete, so memory does not grow with the number of slices. The output appears only when
-every page is written (temporary file, then rename).
+every page is written (temporary file, then rename). The engine is Keras (either backend) or ONNX Runtime
+(:class:`OnnxModel`), whose path imports neither Keras, TensorFlow nor JAX.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import keras
 import numpy as np
 import tifffile
 
-from unet.export import ensemble, load
-from unet.intensity import UINT8, intensities, with_intensity
 from unet.io import DataError, StackInfo, atomic_path, iter_slices, stack_info
-from unet.tiling import iter_predictions
+from unet.tiling import TileModel, iter_predictions
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ def load_model(path: str | Path, dtype: np.dtype) -> keras.Model:
         DataError: no such file, not a Keras model, not a segmentation model, or a model without an
             intensity map for a stack that is not uint8.
     """
+    from unet.export import load
+    from unet.intensity import UINT8, intensities, with_intensity
+
     model = load(path)
     maps = intensities(model)
     if not maps:
@@ -49,6 +54,69 @@ def load_model(path: str | Path, dtype: np.dtype) -> keras.Model:
         if m.source != str(dtype):
             log.warning("%s: trained on %s grey values, input is %s: check that %s fits", path, m.source, dtype, m)
     return model
+
+
+class OnnxModel:
+    """One ``.onnx`` model written by :func:`unet.export.export_onnx`, or several averaged, run by ONNX Runtime.
+
+    It has what tiling needs (:class:`unet.tiling.TileModel`): the tile shapes, read from the model's
+    metadata because its graph's dimensions are dynamic, and ``predict_on_batch``, which returns the log of
+    the members' mean probability (as :class:`unet.export.MeanProbabilityLogits` does for a Keras ensemble).
+
+    Args:
+        paths: the ``.onnx`` files (same tile geometry). dtype: the stack's dtype (checked against the
+            models' intensity maps). threads: ONNX Runtime's intra-op threads (0: one per core).
+        optimization: ONNX Runtime's graph optimisation level: ``basic``, ``extended`` or ``all``.
+
+    Raises:
+        DataError: no such file, not an ONNX model, not one written by this project, or members whose tiles differ.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], dtype: np.dtype, threads: int = 0, optimization: str = "all"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        if optimization not in ("basic", "extended", "all"):
+            raise ValueError(f"optimization: invalid value {optimization!r}: must be basic, extended or all")
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{optimization.upper()}")
+        opts.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
+        self.sessions, shapes = [], set()
+        for path in paths:
+            if not Path(path).is_file():
+                raise DataError(f"{path}: no such model file")
+            try:
+                session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # ONNX Runtime raises its own exception types for a file that is not a model
+                raise DataError(f"{path}: not an ONNX model ({str(exc).strip().splitlines()[0][:120]})") from exc
+            shapes.add(_onnx_tiles(path, session.get_modelmeta().custom_metadata_map, dtype))
+            self.sessions.append(session)
+        if len(shapes) > 1:
+            raise DataError(f"{', '.join(map(str, paths))}: the models' tile sides differ ({sorted(shapes)})")
+        tile, out = shapes.pop()
+        self.input_shape, self.output_shape = (None, tile, tile, 1), (None, out, out, 2)
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (batch, out, out, 2) of raw grey tiles (batch, tile, tile, 1); several members: log mean softmax."""
+        logits = [s.run(None, {s.get_inputs()[0].name: batch})[0] for s in self.sessions]
+        if len(logits) == 1:
+            return logits[0]
+        probs = [np.exp(x - x.max(-1, keepdims=True)) for x in logits]
+        mean = sum(p / p.sum(-1, keepdims=True) for p in probs) / len(probs)
+        return np.log(np.maximum(mean, 1e-12))
+
+
+def _onnx_tiles(path: str | Path, meta: dict[str, str], dtype: np.dtype) -> tuple[int, int]:
+    """(tile, out) from an ONNX model's metadata; a warning when its intensity map was fitted on another dtype."""
+    if "unet.tile" not in meta:
+        raise DataError(f"{path}: ONNX model has no unet.tile metadata (export it with unet.export.export_onnx)")
+    maps = json.loads(meta.get("unet.intensity", "[]"))
+    if not maps:
+        raise DataError(f"{path}: ONNX model stores no intensity map (re-register it from a current .keras model)")
+    for m in maps:
+        if m["source"] != str(dtype):
+            log.warning("%s: trained on %s grey values, input is %s: check that %s fits", path, m["source"], dtype, m)
+    return int(meta["unet.tile"]), int(meta["unet.out"])
 
 
 def needs_bigtiff(info: StackInfo, dtype: np.dtype) -> bool:
@@ -95,11 +163,16 @@ def predict_file(
     tta: bool = False,
     threshold: float | None = None,
     log_every: float = 30.0,
+    engine: str = "keras",
+    threads: int = 0,
+    optimization: str = "all",
 ) -> dict[str, Any]:
     """Segment the stack ``src`` (multi-page TIFF, single PNG/TIFF or directory of slices) into ``dest``.
 
     Writes float32 foreground probabilities in [0, 1], or uint8 masks (0/255) above ``threshold``, one
-    page per slice, as BigTIFF when the output outgrows 4 GB. Several ``models`` are averaged.
+    page per slice, as BigTIFF when the output outgrows 4 GB. Several ``models`` are averaged. ``engine``
+    ``onnx`` runs ``.onnx`` models with ONNX Runtime (``threads`` intra-op threads, 0: one per core;
+    ``optimization``: its graph optimisation level, see :class:`OnnxModel`).
 
     Returns:
         A summary: slices, height, width, dtype, bigtiff, seconds, img_per_s.
@@ -112,7 +185,7 @@ def predict_file(
     if dest.suffix.lower() not in (".tif", ".tiff"):
         raise DataError(f"{dest}: output must be a .tif/.tiff file")
     info, slices = stack_info(src), iter_slices(src)
-    model = ensemble([load_model(p, info.dtype) for p in models])
+    model = load_models(models, info.dtype, engine, threads, optimization)
     out_dtype = np.dtype(np.uint8 if threshold is not None else np.float32)
     bigtiff = needs_bigtiff(info, out_dtype)
     progress = Progress(info.slices, log_every)
@@ -139,6 +212,19 @@ def predict_file(
         "seconds": seconds,
         "img_per_s": info.slices / max(seconds, 1e-9),
     }
+
+
+def load_models(
+    paths: Sequence[str | Path], dtype: np.dtype, engine: str = "keras", threads: int = 0, optimization: str = "all"
+) -> TileModel:
+    """The model or ensemble of ``paths`` for ``engine`` (``keras``: one Keras model; ``onnx``: ONNX Runtime)."""
+    if engine == "onnx":
+        return OnnxModel(paths, dtype, threads, optimization)
+    if engine != "keras":
+        raise ValueError(f"engine: invalid value {engine!r}: must be keras or onnx")
+    from unet.export import ensemble
+
+    return ensemble([load_model(p, dtype) for p in paths])
 
 
 def _hms(seconds: float) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -23,8 +23,10 @@ from typing import Any
 
 from unet import config
 from unet.io import roundtrip_yaml
-from unet.ops import recovery
-from unet.ops.runner import stream
+from unet.ops import experiments, recovery
+from unet.ops.runner import CommandError, run
+
+log = logging.getLogger("unet.presets")  # its name also when run as __main__ (python -m unet.presets)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Quick: a depth-4, 8-filter U-Net on 188 px tiles (100 px output), no drop-out (too small a net to
@@ -94,14 +96,16 @@ def gpu_count() -> int:
     try:
         name, count = backend_gpus()
     except RuntimeError as exc:
-        print(f"presets: warning: could not ask the Keras backend for its GPUs ({exc}): assuming none", file=sys.stderr)
+        log.warning("could not ask the Keras backend for its GPUs (%s): assuming none", exc)
         return 0
     listed = driver_gpus()
     if listed and not count:
-        print(
-            f"presets: warning: nvidia-smi lists {listed} GPU(s) but the {name} backend can use none "
-            f"(a CPU-only {name} build, or a CUDA/driver mismatch?)",
-            file=sys.stderr,
+        log.warning(
+            "nvidia-smi lists %d GPU(s) but the %s backend can use none (a CPU-only %s build, or a CUDA/driver "
+            "mismatch?)",
+            listed,
+            name,
+            name,
         )
     return count
 
@@ -110,14 +114,11 @@ def backend_gpus() -> tuple[str, int]:
     """(Keras backend, GPUs it can use), from a process of its own: TensorFlow or JAX start there, not here,
     and the GPU memory JAX reserves on start is given back when it exits."""
     probe = "from unet.distributed import backend, usable_gpus; print(backend(), usable_gpus())"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's start-up chatter
-    try:
-        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError("no answer in 300 s") from exc
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's start-up chatter
+    r = run([sys.executable, "-c", probe], check=False, env=quiet, timeout=300, label="")  # "no answer in 300 s"
     words = r.stdout.split()
     if r.returncode or len(words) < 2 or not words[-1].isdigit():
-        raise RuntimeError((r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1])
+        raise CommandError((r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1])
     return words[-2], int(words[-1])
 
 
@@ -137,8 +138,8 @@ def driver_gpus() -> int:
     if not shutil.which("nvidia-smi"):
         return 0
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
+        out = run(["nvidia-smi", "-L"], timeout=30).stdout
+    except (CommandError, OSError):
         return 0
     return sum(line.startswith("GPU ") for line in out.splitlines())
 
@@ -182,184 +183,35 @@ def resolve(name: str) -> str:
     if name == "auto":
         gpus = gpu_count()
         name = "gpu" if gpus else "cpu"
-        print(f"presets: {gpus} GPU(s) found: using the '{name}' preset", file=sys.stderr)
+        log.info("%d GPU(s) found: using the '%s' preset", gpus, name)
     return name
 
 
-def _git(cwd: str | Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
-def experiment_commits(cwd: str | Path = ".") -> list[str]:
-    """The commits of every DVC experiment in the repository (``refs/exps``)."""
-    return _git(cwd, "for-each-ref", "refs/exps", "--format=%(objectname)").stdout.split()
+class _Stderr(logging.Handler):
+    """The library's messages as this command says them: ``presets: ...``, ``presets: warning: ...``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        print(f"presets: {level}{record.getMessage()}", file=sys.stderr, flush=True)
 
 
-def committed_params(cwd: str | Path = ".") -> str | None:
-    """The committed params.yaml when the workspace's copy holds an experiment's values (what ``dvc exp run
-    -S`` leaves there), else ``None``: the workspace copy is the committed one, or edits of your own."""
-    workspace = (Path(cwd) / "params.yaml").read_text()
-    head = _git(cwd, "show", "HEAD:params.yaml")
-    if head.returncode != 0 or head.stdout == workspace:
-        return None
-    if any(_git(cwd, "show", f"{sha}:params.yaml").stdout == workspace for sha in experiment_commits(cwd)):
-        return head.stdout
-    return None
-
-
-def from_baseline(cwd: str | Path = ".") -> None:
-    """Make presets apply to the committed params: after an experiment the workspace's params.yaml holds its
-    values, which a later preset (``gpu`` is empty) would otherwise inherit. Edits of your own are kept."""
-    committed = committed_params(cwd)
-    if committed is not None:
-        (Path(cwd) / "params.yaml").write_text(committed)
-        print(
-            "presets: params.yaml held an earlier experiment's values: starting from the committed ones",
-            file=sys.stderr,
-        )
-
-
-def run_experiment(
-    name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path = ".", preset: str = ""
-) -> int:
-    """``dvc exp run -n NAME -S ...`` in ``cwd`` from the committed params, alone in the repository and after
-    undoing what an interrupted run left (:mod:`unet.ops.recovery`)."""
-    with recovery.exclusive(cwd, f"experiment '{name}'", name) as run:
-        if run.recovered:
-            print(f"presets: {run.recovered}; resuming", file=sys.stderr)
-        return _run_experiment(name, overrides, extra, cwd, run.fd, preset)
-
-
-def _run_experiment(
-    name: str, overrides: dict[str, Any], extra: list[str], cwd: str | Path, fd: int, preset: str = ""
-) -> int:
-    """The experiment, with the repository's lock held (``fd``, passed on to DVC so that it holds it too).
-
-    An experiment of the same name on this commit whose params and stage inputs equal this run's is applied to
-    the workspace (``dvc exp apply``) instead, when the workspace holds no edits of the user's: the same
-    experiment, the same model, nothing run. Any other one of that name is replaced; DVC's run-cache restores
-    every stage whose inputs did not change."""
-    from_baseline(cwd)
-    sets = [*set_args(overrides), *extra]
-    same = unchanged_experiment(cwd, name, sets)
-    edits = user_edits(cwd) if same else []
-    if same and not edits:
-        print(
-            f"presets: experiment '{name}' ({same[:7]}) already ran these params and code: applying it", file=sys.stderr
-        )
-        if subprocess.run(["dvc", "exp", "apply", name], cwd=cwd, pass_fds=(fd,)).returncode == 0:
-            return 0
-        print(f"presets: applying '{name}' failed: running it instead", file=sys.stderr)
-    elif same:
-        shown = ", ".join(edits[:3]) + (", ..." if len(edits) > 3 else "")
-        print(f"presets: running '{name}' again rather than applying it over your edits ({shown})", file=sys.stderr)
-    if name in experiments_of_head(cwd):
-        print(f"presets: replacing experiment '{name}' of this commit", file=sys.stderr)
-        subprocess.run(["dvc", "exp", "remove", name], cwd=cwd, check=True, pass_fds=(fd,))
-    stage_gitignores(cwd)
-    cmd = ["dvc", "exp", "run", "-n", name, *sets]
-    print(f"presets: {' '.join(cmd)}", file=sys.stderr)
-    env = {**experiment_env(cwd), "UNET_PRESET": preset}  # named in the model card
-    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    return stream(cmd, cwd, say, env=env, pass_fds=(fd,), stderr_only=True)[0]
-
-
-def user_edits(cwd: str | Path = ".") -> list[str]:
-    """Uncommitted changes of tracked or staged files other than ``params.yaml`` and DVC's files (``dvc.lock``,
-    ``.gitignore`` files, stage outputs): what ``dvc exp apply`` would overwrite."""
-    managed = recovery.dvc_paths(Path(cwd)) | {"params.yaml"}
-    status = recovery.names(Path(cwd), "status", "--porcelain", "-z", "--untracked-files=no", "--no-renames")
-    paths = [entry[3:] for entry in status]  # "XY path"
-    return [p for p in paths if not recovery.written_by_dvc(p, managed)]
-
-
-def experiments_of_head(cwd: str | Path = ".") -> dict[str, str]:
-    """DVC experiments based on the commit HEAD is at: name -> commit."""
-    head = recovery.git(cwd, "rev-parse", "HEAD")
-    listed = recovery.git(cwd, "for-each-ref", f"refs/exps/{head[:2]}/{head[2:]}", "--format=%(refname) %(objectname)")
-    return {ref.rsplit("/", 1)[1]: sha for ref, sha in (line.split() for line in listed.splitlines())}
-
-
-def unchanged_experiment(cwd: str | Path, name: str, sets: list[str]) -> str | None:
-    """The commit of experiment ``name`` on HEAD when it ran all of what ``dvc exp run -S SETS`` would run now:
-    every stage of ``dvc.yaml`` in its ``dvc.lock`` (a matrix stage by one of its items: they follow the
-    params), the same ``params.yaml`` as DVC would write it, the same ``dvc.yaml`` and the same code and other
-    files that the stages depend on (outputs aside); else ``None``.
-    Options other than ``-S`` (``--force``, ...) always run."""
-    sha = experiments_of_head(cwd).get(name)
-    values = [v for flag, v in zip(sets[::2], sets[1::2], strict=False) if flag in ("-S", "--set-param")]
-    if sha is None or len(sets) != 2 * len(values):
-        return None
-    from dvc.utils.hydra import apply_overrides
-    from ruamel.yaml import YAML
-
-    with tempfile.TemporaryDirectory() as tmp:
-        params = Path(tmp) / "params.yaml"
-        shutil.copy(Path(cwd) / "params.yaml", params)
-        if values:  # with no -S, DVC leaves params.yaml as it is
-            apply_overrides(params, values)  # what `dvc exp run -S` does to params.yaml
-        if params.read_text() != recovery.git(cwd, "show", f"{sha}:params.yaml", check=False) + "\n":
-            return None
-    inputs, stages = stage_inputs(cwd)
-    locked = YAML(typ="safe", pure=True).load(recovery.git(cwd, "show", f"{sha}:dvc.lock", check=False) or "{}")
-    ran_stages = {name.split("@")[0] for name in (locked or {}).get("stages", {})}
-    if not {name.split("@")[0] for name in stages} <= ran_stages:  # (the folds of train@k follow the params)
-        return None
-    listed = recovery.git(cwd, "ls-tree", "-r", sha, "--", *inputs).splitlines()  # "<mode> blob <sha>\t<path>"
-    ran = {path: meta.split()[2] for meta, path in (line.split("\t", 1) for line in listed)}
-    now = recovery.git(cwd, "hash-object", "--", *inputs).split()
-    return sha if ran == dict(zip(inputs, now, strict=True)) else None
-
-
-def stage_inputs(cwd: str | Path = ".") -> tuple[list[str], list[str]]:
-    """``dvc.yaml`` and every file a stage depends on that no stage writes (the code; a directory as the files
-    git tracks in it), relative to ``cwd``, params files aside (compared as ``dvc exp run -S`` writes them);
-    and the names of the stages (``train@0``, ...)."""
-    from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
-
-    with Repo(str(cwd)) as repo:
-        outs = [o.fs_path for o in repo.index.outs]
-        deps = {
-            d.fs_path
-            for s in repo.index.stages
-            for d in s.deps
-            if d.protocol == "local" and not isinstance(d, ParamsDependency)
-        }
-        inside = [
-            os.path.relpath(d, repo.root_dir) for d in deps if not any(d == o or d.startswith(o + os.sep) for o in outs)
-        ]
-        stages = [s.name for s in repo.index.stages]
-    files = [f for d in inside for f in (recovery.git(cwd, "ls-files", "--", d).splitlines() or [d])]
-    return sorted({"dvc.yaml", *(f for f in files if (Path(cwd) / f).is_file())}), stages
-
-
-def stage_gitignores(cwd: str | Path = ".") -> None:
-    """Stage the ``.gitignore`` files DVC wrote that git does not track yet, so that the experiment commits
-    them (DVC stages only those it writes during the run: ``core.autostage``); else a clone of the experiment
-    or of its release would show the data and models as untracked files."""
-    untracked = recovery.git(cwd, "ls-files", "--others", "--exclude-standard").splitlines()
-    ignores = [p for p in untracked if Path(p).name == ".gitignore"]
-    if ignores:
-        recovery.git(cwd, "add", "--", *ignores)
-
-
-def experiment_env(cwd: str | Path = ".") -> dict[str, str]:
-    """Environment for ``dvc exp run/save``: DVC commits each experiment to a ref of its own (refs/exps,
-    on no branch) and needs a git identity for it. Without one, the ref is signed 'unet experiment';
-    releasing (``unet release``) never falls back like this."""
-    if subprocess.run(["git", "var", "GIT_COMMITTER_IDENT"], cwd=cwd, capture_output=True).returncode == 0:
-        return {}
-    print("presets: git has no identity: the experiment's ref is signed 'unet experiment'", file=sys.stderr)
-    env = {}
-    for role in ("AUTHOR", "COMMITTER"):
-        env[f"GIT_{role}_NAME"], env[f"GIT_{role}_EMAIL"] = "unet experiment", "unet-experiment@localhost"
-    return env
+def say_on_stderr() -> logging.Handler:
+    """Show the messages of the ``unet`` loggers from INFO on stderr as ``presets: ...`` (what :func:`main`
+    does first); returns the handler."""
+    handler = _Stderr(logging.INFO)
+    logging.getLogger("unet").addHandler(handler)
+    logging.getLogger("unet").setLevel(logging.INFO)
+    return handler
 
 
 def main(argv: list[str] | None = None) -> None:
     from unet.stages._cli import plain
 
+    say_on_stderr()
     p = argparse.ArgumentParser(
         prog="python -m unet.presets",
         description=textwrap.fill(plain(__doc__), 110),
@@ -386,13 +238,14 @@ def main(argv: list[str] | None = None) -> None:
         print(" ".join(set_args(PRESETS[name])))
         return
     try:  # the lock first: a second run is refused at once, before the GPU probe
-        with recovery.exclusive(".", f"python -m unet.presets run {args.preset}", args.name or args.preset) as run:
-            if run.recovered:
-                print(f"presets: {run.recovered}; resuming", file=sys.stderr)
+        with recovery.exclusive(".", f"python -m unet.presets run {args.preset}", args.name or args.preset) as held:
+            if held.recovered:
+                print(f"presets: {held.recovered}; resuming", file=sys.stderr)
             name = resolve(args.preset)
             check(PRESETS[name], args.params)  # a preset the config rejects fails here, before DVC runs anything
-            code = _run_experiment(args.name or name, PRESETS[name], extra, ".", run.fd, name)
-    except recovery.RunError as exc:
+            sets = [*set_args(PRESETS[name]), *extra]
+            code = experiments.run_experiment(args.name or name, sets, ".", held.fd, name, _say)
+    except (recovery.RunError, CommandError) as exc:
         print(f"presets: error: {exc}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code)

@@ -59,6 +59,7 @@ def card(
     files: dict[str, str],
     provenance: dict[str, Any],
     evaluation: dict[str, Any],
+    digests: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The model card: what was published, from which run, its cross-validated estimate and what it means.
 
@@ -66,6 +67,7 @@ def card(
         digest: sha256 of the published ``model.keras``. files: the published files.
         provenance: experiment, preset, steps and commit of the run that trained it.
         evaluation: the evaluate stage's report (:mod:`unet.results`).
+        digests: sha256 of each published model file by file name (``model.keras``, ``model.onnx``).
     """
     cv = over_folds(per_fold)
     chosen = evaluation["folds"].get(fold_name(folds[0]), {})
@@ -83,4 +85,5 @@ def card(
         "selected_fold_metrics": {k: per_fold[k] for k in folds} if len(folds) == 1 else {},
         "sha256": digest,
         "files": files,
+        "sha256_of": digests or {"model.keras": digest},
     }

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from unet.presets import experiment_commits
+from unet.ops import experiments
+from unet.ops.runner import CommandError, Result, dvc, has_identity, run
 
 log = logging.getLogger(__name__)
 
@@ -23,29 +23,22 @@ class ReleaseError(RuntimeError):
     """A release that must not happen; the message says why in one line."""
 
 
-def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in ``cwd``; with ``check``, a failure is a :class:`ReleaseError` with its last line."""
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        last = (r.stderr or r.stdout).strip().splitlines()
-        raise ReleaseError(f"{' '.join(cmd[:3])}: {last[-1] if last else f'exit {r.returncode}'}")
-    return r
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> Result[str]:
+    """:func:`unet.ops.runner.run`, a failure named by the command's first three words (``gto register NAME``)."""
+    return run(cmd, cwd, check=check, label=" ".join(cmd[:3]))
 
 
 def experiment_commit(repo: Path, name: str) -> str:
     """The commit of experiment ``name``, preferring one based on HEAD."""
-    head = _run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
-    refs = _run(["git", "for-each-ref", "refs/exps", "--format=%(refname) %(objectname)"], repo).stdout.split("\n")
-    found = [line.split() for line in refs if line.strip() and line.split()[0].endswith(f"/{name}")]
+    found = experiments.named(repo, name)
     if not found:
         raise ReleaseError(f"experiment {name!r} not found (dvc exp show lists the experiments)")
-    based_on_head = [sha for ref, sha in found if ref.startswith(f"refs/exps/{head[:2]}/{head[2:]}/")]
-    return (based_on_head or [found[0][1]])[0]
+    return found[0][1]
 
 
 def check_identity(repo: Path) -> None:
     """GTO's tags are annotated: refuse before anything is written when git has no identity."""
-    if _run(["git", "var", "GIT_COMMITTER_IDENT"], repo, check=False).returncode != 0:
+    if not has_identity(repo):
         raise ReleaseError(
             "git has no identity for the release tags: set git config user.email and git config user.name"
         )
@@ -58,7 +51,7 @@ def check_clean(repo: Path) -> None:
     changed = [line[3:] for line in status]
     if not changed:
         return
-    exps = experiment_commits(repo)
+    exps = experiments.commits(repo)
     if any(_same(repo, sha, changed) for sha in exps):
         return
     mine = [f for f in changed if not any(_same(repo, sha, [f]) for sha in exps)] or changed
@@ -73,7 +66,7 @@ def _same(repo: Path, sha: str, paths: list[str]) -> bool:
 
 def check_remote(repo: Path) -> str:
     """The default DVC remote's name; refuse when there is none."""
-    remote = _run(["dvc", "remote", "default"], repo, check=False).stdout.strip()
+    remote = dvc(repo, "remote", "default", check=False)
     if not remote:
         raise ReleaseError("no default DVC remote to push the model to: dvc remote add -d NAME URL")
     return remote
@@ -134,6 +127,7 @@ def release(repo: str | Path, experiment: str, name: str, stage: str, card_path:
         ReleaseError: no git identity, a dirty workspace, an unknown experiment, an experiment without a card
             or without artifact ``name`` in its ``dvc.yaml``, no DVC remote, or data that did not reach the
             remote.
+        CommandError: a git, DVC or GTO command that failed.
     """
     repo = Path(repo)
     check_identity(repo)
@@ -148,7 +142,7 @@ def release(repo: str | Path, experiment: str, name: str, stage: str, card_path:
     try:
         push_data(repo, sha, remote)
         return _tag(repo, name, stage, branch, card, experiment)
-    except ReleaseError:
+    except (ReleaseError, CommandError):
         if made:
             _run(["git", "branch", "-D", branch], repo, check=False)
         raise

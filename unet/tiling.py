@@ -4,7 +4,9 @@ A slice is mirror-padded so that the model's output tiles (388 px for the paper'
 exactly, its input tiles carry the full context, and the stitched output has the slice's size with
 no resizing. Optional dihedral test-time augmentation and model ensembles average probabilities.
 Tiles are batched across slices (and transforms), so every batch is full but the last, and only the
-slices whose tiles are in the current batch are held in memory.
+slices whose tiles are in the current batch are held in memory. Any object with the model's tile shapes and
+``predict_on_batch`` runs it (:class:`TileModel`: a Keras model, or :class:`unet.predict.OnnxModel`), so this
+module imports no framework.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-import keras
 import numpy as np
 
 
@@ -26,7 +28,16 @@ def _dihedral(a: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
     return a[..., ::-1] if k >= 4 else a
 
 
-def tile_geometry(model: keras.Model) -> tuple[int, int]:
+class TileModel(Protocol):
+    """What tiling needs of a model: its (batch, tile, tile, 1) -> (batch, out, out, 2) logits shapes and a call."""
+
+    input_shape: Any
+    output_shape: Any
+
+    def predict_on_batch(self, x: np.ndarray) -> Any: ...
+
+
+def tile_geometry(model: TileModel) -> tuple[int, int]:
     """(input side, output side) of a valid-convolution model with square tiles."""
     return int(model.input_shape[1]), int(model.output_shape[1])
 
@@ -51,7 +62,7 @@ class _Pass:
 
 
 def iter_predictions(
-    model: keras.Model,
+    model: TileModel,
     slices: Iterable[np.ndarray],
     batch_size: int = 8,
     tta: bool = False,
@@ -102,7 +113,7 @@ def _pad(image: np.ndarray, tile: int, out: int) -> tuple[np.ndarray, list[tuple
     return padded, [(ty * out, tx * out) for ty in range(ny) for tx in range(nx)]
 
 
-def _run(model: keras.Model, batch: np.ndarray, owners: list[tuple[_Pass, int, int]], out: int) -> None:
+def _run(model: TileModel, batch: np.ndarray, owners: list[tuple[_Pass, int, int]], out: int) -> None:
     """Predict ``batch`` and stitch the probabilities into the tiles' passes."""
     n = len(owners)
     logits = np.asarray(model.predict_on_batch(batch), np.float32)[:n]
@@ -124,7 +135,7 @@ def _finished(pending: deque[_Slice], passes: int) -> Iterator[np.ndarray]:
 
 
 def predict_slices(
-    model: keras.Model, images: Iterable[np.ndarray], batch_size: int = 8, tta: bool = False
+    model: TileModel, images: Iterable[np.ndarray], batch_size: int = 8, tta: bool = False
 ) -> np.ndarray:
     """Foreground probability (N, H, W) float32 of grey slices ``images`` (N, H, W), held in memory.
 

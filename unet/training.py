@@ -1,6 +1,6 @@
 """Steps-based training of one fold: on-device augmentation inside the step, Adam with warm-up, exact resume.
 
-``train(cfg, data, workdir)`` wraps ``compile`` + ``fit``. The model that ``fit`` sees is a
+``train(cfg, data, workdir, dist)`` wraps ``compile`` + ``fit``. The model that ``fit`` sees is a
 :class:`Trainer`: it holds the fold's slices on the device, and each step, from the slice indices and
 augmentation parameters that the host draws (a few numbers a sample), it cuts the batch's augmented tiles,
 runs the U-Net, and hands the augmented labels to the loss, so all per-pixel work runs inside the
@@ -9,79 +9,27 @@ runs the U-Net, and hands the augmented labels to the loss, so all per-pixel wor
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from unet import checkpoint, distributed
-from unet.augment import augment, draw_params
-from unet.config import PLACEMENT, Config, LossConfig, TrainConfig, fingerprint, to_dict
-from unet.geometry import output_size
-from unet.intensity import UINT8, Intensity, fit_intensity, with_intensity
-from unet.io import atomic_path, fsync_tree, pixel_sha256, to_binary
-from unet.losses import SegmentationLoss, SoftDice, border_weights
+from unet.augment import augment
+from unet.config import PLACEMENT, Config, TrainConfig, fingerprint, to_dict
+from unet.distributed import Distribution
+from unet.intensity import with_intensity
+from unet.io import atomic_path, fsync_tree, pixel_sha256
+from unet.losses import SegmentationLoss, SoftDice
 from unet.model import build_unet
+from unet.samples import DeviceSlices, SliceData, batches
+from unet.samples import make_data as make_data  # re-exported: benchmarks/step_overhead.py runs older revisions
 
 log = logging.getLogger(__name__)
-Params = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class SliceData:
-    """Whole slices held in host memory: images (N, H, W), labels (N, H, W) in {0, 1}, optional weights, and
-    the intensity map that took the raw images to [0, 1] (saved with the model)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    weights: np.ndarray | None = None
-    intensity: Intensity = UINT8
-
-
-def make_data(images: np.ndarray, labels: np.ndarray, loss: LossConfig) -> SliceData:
-    """Binarise labels (larger value = foreground), map non-uint8 images to [0, 1] by the intensity map fitted
-    on this stack (:func:`unet.intensity.fit_intensity`), add weight maps."""
-    intensity = fit_intensity(images)
-    if images.dtype != np.uint8:  # uint8 travels to the device as is; augment() scales it by 1/255
-        images = intensity.apply(images)
-    labels = to_binary(labels)
-    weights = np.stack([border_weights(lab, loss.w0, loss.sigma) for lab in labels]) if loss.border_weight else None
-    return SliceData(images, labels, weights, intensity)
-
-
-def draw_step(cfg: TrainConfig, step: int, n_slices: int, slice_hw: tuple[int, int], tile: int, out: int) -> Params:
-    """The random parameters of global batch ``step``: slice ``index`` (int32) and those of :func:`draw_params`.
-
-    They depend only on (seed, step), so a resumed run draws exactly the same and any number of processes
-    trains on the same samples.
-    """
-    rng = np.random.default_rng([cfg.seed, step])
-    index = rng.integers(0, n_slices, size=cfg.batch_size).astype(np.int32)
-    return {"index": index, **draw_params(rng, cfg.batch_size, cfg.augment, slice_hw, tile, out)}
-
-
-def batches(
-    data: SliceData, cfg: TrainConfig, start: int, tile: int, out: int, rank: int = 0, world: int = 1
-) -> Iterator[tuple[Params]]:
-    """Yield this process's share of each global batch's parameters from step ``start`` on: the ``rank``-th
-    of ``world`` equal slices of :func:`draw_step`. A few numbers a sample cross to the device a step; the
-    slices themselves are already there (:class:`Trainer`).
-    """
-    per = cfg.batch_size // world
-    mine = slice(rank * per, (rank + 1) * per)
-    hw = (data.images.shape[1], data.images.shape[2])
-    for step in itertools.count(start):
-        params = draw_step(cfg, step, len(data.images), hw, tile, out)
-        yield ({k: v[mine] for k, v in params.items()},)  # Keras reads a 1-tuple as (x,)
 
 
 @keras.saving.register_keras_serializable(package="unet")
@@ -102,33 +50,6 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"lr": self.lr, "warmup": self.warmup, "total": self.total, "kind": self.kind}
 
 
-@dataclass(frozen=True)
-class DeviceSlices:
-    """The training slices as device variables (a plain holder: Keras does not track it as model state)."""
-
-    image: Any
-    label: Any
-    weight: Any | None = None
-
-    @classmethod
-    def place(cls, data: SliceData) -> DeviceSlices:
-        """Copy ``data`` to the default device once, each array in its own dtype."""
-
-        def var(name: str, array: np.ndarray) -> Any:
-            return keras.Variable(array, dtype=array.dtype.name, trainable=False, autocast=False, name=name)
-
-        weight = var("slice_weights", data.weights) if data.weights is not None else None
-        return cls(var("slice_images", data.images), var("slice_labels", data.labels), weight)
-
-    def variables(self) -> list[Any]:
-        return [v for v in (self.image, self.label, self.weight) if v is not None]
-
-    def take(self, index: Any) -> dict[str, Any]:
-        """Whole slices ``index`` (B,) -> ``image``, ``label`` (and ``weight``), each (B, H, W), on the device."""
-        names = ("image", "label", "weight")
-        return {n: ops.take(getattr(self, n), index, axis=0) for n in names if getattr(self, n) is not None}
-
-
 class Trainer(keras.Model):
     """Wraps the U-Net for ``fit``. It holds the fold's training slices on the device; each step's input is a
     batch's slice indices and augmentation parameters (:func:`batches`), from which it cuts the batch there.
@@ -142,11 +63,11 @@ class Trainer(keras.Model):
     compiles the gather) or TensorFlow gathers on the host.
     """
 
-    def __init__(self, unet: keras.Model, data: SliceData, **kwargs: Any):
+    def __init__(self, unet: keras.Model, data: SliceData, dist: Distribution, **kwargs: Any):
         # float32 here keeps the augmentation parameters in float32 under mixed precision; the U-Net's layers
         # carry their own (mixed) policy
         super().__init__(dtype="float32", **kwargs)
-        self.unet = unet
+        self.unet, self.dist = unet, dist
         self.tile = int(unet.input_shape[1])
         self.out = int(unet.output_shape[1])
         self.xla_gradients = False
@@ -162,8 +83,8 @@ class Trainer(keras.Model):
     def train_step(self, *args: Any) -> Any:
         # (data) on TensorFlow, (state, data) on JAX; Horovod (TensorFlow only) averages gradients across
         # ranks, the one reason to override the step
-        if distributed.under_horovod():
-            return distributed.horovod_train_step(self, args[-1], xla=self.xla_gradients)
+        if self.dist.horovod:
+            return self.dist.train_step(self, args[-1], xla=self.xla_gradients)
         return super().train_step(*args)
 
     def tiles(self, params: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -185,14 +106,15 @@ class Trainer(keras.Model):
         return super().compute_metrics(x, target, logits, sample_weight)
 
 
-def make_trainer(cfg: Config, data: SliceData) -> Trainer:
-    """Build and compile the trainer on ``data`` (the optimizer is built too, so a checkpoint can be restored)."""
-    t = cfg.train
+def make_trainer(cfg: Config, data: SliceData, dist: Distribution | None = None) -> Trainer:
+    """Build and compile the trainer on ``data`` for ``dist`` (default: one process alone; the optimizer is
+    built too, so a checkpoint can be restored)."""
+    t, dist = cfg.train, dist or distributed.alone()
     keras.utils.set_random_seed(t.seed)  # the initial weights depend on the seed alone
-    trainer = Trainer(build_unet(t.model), data)
-    _, lr, steps = distributed.per_replica(t)
+    trainer = Trainer(build_unet(t.model), data, dist)
+    # the global batch is the same on any number of replicas (Distribution.share): so are rate and steps
     opt = keras.optimizers.Adam(
-        WarmupSchedule(lr, t.warmup_steps, steps, t.schedule),
+        WarmupSchedule(t.learning_rate, t.warmup_steps, t.max_steps, t.schedule),
         weight_decay=t.weight_decay or None,
     )
     if cfg.runtime.precision == "mixed_float16":  # dynamic loss scaling keeps float16 gradients in range
@@ -201,7 +123,7 @@ def make_trainer(cfg: Config, data: SliceData) -> Trainer:
         optimizer=opt,
         loss=SegmentationLoss(t.loss.dice_weight),
         metrics=[SoftDice()],
-        jit_compile=distributed.jit_compile(cfg.runtime),
+        jit_compile=dist.jit_compile(cfg.runtime),
     )
     trainer.optimizer.build(trainer.trainable_variables)
     trainer.xla_gradients = cfg.runtime.xla
@@ -219,7 +141,7 @@ def resume_fingerprint(cfg: Config, data: SliceData) -> str:
 
 class _Monitor(keras.callbacks.Callback):
     """Counts optimizer steps; every ``steps_per_epoch`` steps (and at the last): stop on a non-finite
-    loss, log, and checkpoint (rank 0)."""
+    loss, log, and checkpoint (rank 0, the one given a ``live``)."""
 
     def __init__(self, cfg: Config, checkpoints: str, start: int, live: Any, key: str):
         super().__init__()
@@ -241,7 +163,7 @@ class _Monitor(keras.callbacks.Callback):
         now = time.perf_counter()
         logs["img_per_s"] = (self.step - self.t0_step) * t.batch_size / max(now - self.t0, 1e-9)
         self.t0, self.t0_step = now, self.step
-        if not distributed.is_chief():
+        if self.live is None:
             return
         self.live.step = self.step
         for k, v in logs.items():
@@ -250,31 +172,56 @@ class _Monitor(keras.callbacks.Callback):
         if self.step % t.checkpoint_every == 0 or self.step >= t.max_steps:
             meta = {**self.meta, "metrics": {k: float(v) for k, v in logs.items()}}  # for a resume elsewhere
             checkpoint.save(self.checkpoints, self.step, self.model, meta, t.keep_checkpoints)
+        # the fold's progress, one line an epoch (after its checkpoint), in place of Keras's two
+        scores = ", ".join(f"{k} {float(v):.4f}" for k, v in logs.items() if k != "img_per_s")
+        log.info("step %d/%d: %s, %.1f img/s", self.step, t.max_steps, scores, logs["img_per_s"])
 
 
-def _resume(cfg: Config, data: SliceData, checkpoints: str, key: str) -> tuple[Trainer, int, dict[str, float]]:
+def _resume(
+    cfg: Config, data: SliceData, dist: Distribution, checkpoints: str, key: str
+) -> tuple[Trainer, int, dict[str, float]]:
     """A trainer restored from the newest checkpoint written with the same fingerprint ``key``, its step and
     the metrics logged at that step; a fresh trainer, step 0 and no metrics when there is none (or it does not
-    fit: resume state never crashes a run)."""
-    trainer = make_trainer(cfg, data)
-    found = checkpoint.latest(checkpoints, key)
-    if not found:
-        if checkpoint.exists(checkpoints):
-            log.info("%s: no checkpoint of these data and train/runtime params: starting afresh", checkpoints)
-        return trainer, 0, {}
-    try:
-        checkpoint.restore(found[0], trainer)
-    except ValueError as exc:
-        log.info("%s: cannot resume (%s): starting afresh", found[0], exc)
-        return make_trainer(cfg, data), 0, {}
-    log.info("resuming from %s (step %d of %d)", found[0], found[1]["step"], cfg.train.max_steps)
-    return trainer, int(found[1]["step"]), dict(found[1].get("metrics", {}))
+    fit: resume state never crashes a run). Rank 0 alone reads checkpoints (on several hosts the others may
+    not see them); every rank then starts from its state (:meth:`Distribution.broadcast`)."""
+    trainer, step, metrics = make_trainer(cfg, data, dist), 0, {}
+    found = checkpoint.latest(checkpoints, key) if dist.chief else None
+    if found:
+        try:
+            checkpoint.restore(found[0], trainer)
+        except ValueError as exc:
+            log.info("%s: cannot resume (%s): starting afresh", found[0], exc)
+            trainer = make_trainer(cfg, data, dist)
+        else:
+            log.info("resuming from %s (step %d of %d)", found[0], found[1]["step"], cfg.train.max_steps)
+            step, metrics = int(found[1]["step"]), dict(found[1].get("metrics", {}))
+    elif dist.chief and checkpoint.exists(checkpoints):
+        log.info("%s: no checkpoint of these data and train/runtime params: starting afresh", checkpoints)
+    return trainer, dist.broadcast(trainer, step), metrics
+
+
+def _fit(trainer: Trainer, data: SliceData, t: TrainConfig, share: slice, monitor: _Monitor, callbacks: list) -> None:
+    """Train from ``monitor.step`` to exactly ``max_steps`` steps on this process's ``share`` of each batch: whole
+    epochs of ``steps_per_epoch``, then one short epoch for the remainder; no more after a non-finite loss."""
+    left, spe = t.max_steps - monitor.step, t.steps_per_epoch
+    for epochs, steps in ((left // spe, spe), (1, left % spe)):
+        if not epochs or not steps or monitor.failed:
+            continue
+        trainer.fit(
+            batches(data, t, monitor.step, trainer.tile, trainer.out, share),
+            epochs=epochs,
+            steps_per_epoch=steps,
+            shuffle=False,
+            callbacks=[monitor, *callbacks],
+            verbose=0,  # the monitor logs each epoch
+        )
 
 
 def train(
     cfg: Config,
     data: SliceData,
     workdir: str | Path,
+    dist: Distribution | None = None,
     callbacks: list[Any] | None = None,
     checkpoints: str | Path | None = None,
     shared_checkpoints: str | None = None,
@@ -285,21 +232,21 @@ def train(
     that every worker reaches) is given, so that any worker resumes the run and none resumes another's.
 
     Resumes from the newest checkpoint written for the same training slices with the same train and runtime
-    params.
+    params. ``dist`` is what :func:`unet.distributed.configure` returned (default: one process alone).
 
     Raises:
+        ValueError: ``train.batch_size`` does not split evenly over the Horovod processes.
         RuntimeError: the loss became NaN/Inf (the last good checkpoint is kept).
     """
     from dvclive import Live
 
-    t, workdir = cfg.train, Path(workdir)
+    t, workdir, dist = cfg.train, Path(workdir), dist or distributed.alone()
     key = resume_fingerprint(cfg, data)
-    distributed.check_same(key, "training slices or params")
+    dist.check_same(key, "training slices or params")
+    share = dist.share(t.batch_size)
     ckpt_dir = checkpoint.location(checkpoints or workdir / "checkpoints", shared_checkpoints, key)
-    chief = distributed.is_chief()
-    trainer, start, last = _resume(cfg, data, ckpt_dir, key) if chief else (make_trainer(cfg, data), 0, {})
-    start = distributed.broadcast_state(trainer, start)
-    out = output_size(t.model.tile, t.model.depth) or 0
+    trainer, start, last = _resume(cfg, data, dist, ckpt_dir, key)
+    chief = dist.chief
     live = Live(str(workdir), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) if chief else None
     if live is not None and last and "loss" not in live.summary:  # resumed where the run's history is not
         live.step = start
@@ -307,19 +254,7 @@ def train(
             live.log_metric(k, v)
         live.make_summary()
     monitor = _Monitor(cfg, ckpt_dir, start, live, key)
-    # whole epochs of steps_per_epoch, then one short epoch for the remainder: exactly max_steps steps
-    spe, full = t.steps_per_epoch, (t.max_steps - start) // t.steps_per_epoch
-    for epochs, steps in ((full, spe), (1 if (t.max_steps - start) % spe else 0, (t.max_steps - start) % spe)):
-        if not epochs or monitor.failed:
-            continue
-        trainer.fit(
-            batches(data, t, monitor.step, t.model.tile, out, distributed.rank(), distributed.per_replica_count()),
-            epochs=epochs,
-            steps_per_epoch=steps,
-            shuffle=False,
-            callbacks=[monitor, *(callbacks or [])],
-            verbose=(1 if sys.stdout.isatty() else 2) if chief else 0,
-        )
+    _fit(trainer, data, t, share, monitor, callbacks or [])
     if monitor.failed:
         raise RuntimeError(f"{workdir}: training stopped: {monitor.failed}; last good checkpoint kept in {ckpt_dir}")
     if live is not None:
@@ -327,5 +262,4 @@ def train(
             with_intensity(trainer.unet, data.intensity).save(tmp)
         live.end()
         fsync_tree(workdir)  # DVCLive's metrics and plots, written by DVCLive itself, reach the disk too
-    summary = {k: float(v) for k, v in (monitor.live.summary if live else {}).items() if isinstance(v, int | float)}
-    return summary
+    return {k: float(v) for k, v in (monitor.live.summary if live else {}).items() if isinstance(v, int | float)}

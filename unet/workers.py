@@ -12,11 +12,13 @@ command on the same deps and params, and that the outputs are the ones it record
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from unet.ops import experiments
+from unet.ops.runner import CommandError, git, run
 
 
 def _stage(dvc: Any, name: str) -> Any:
@@ -50,15 +52,9 @@ def uncached_outs(repo: str | Path, stage: str) -> list[str]:
 
 def changed(repo: str | Path, stage: str) -> dict[str, Any]:
     """``dvc status STAGE`` as a dict: empty when its ``dvc.lock`` entry matches the workspace."""
-    r = subprocess.run(["dvc", "status", "--json", stage], cwd=repo, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"dvc status {stage}: {r.stderr.strip().splitlines()[-1]}")
+    r = run(["dvc", "status", "--json", stage], repo, label=f"dvc status {stage}")
     status: dict[str, Any] = json.loads(r.stdout or "{}")
     return status
-
-
-def _git(repo: str | Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
 
 def shareable_head(repo: str | Path, stage: str, remote: str = "origin") -> str:
@@ -66,25 +62,24 @@ def shareable_head(repo: str | Path, stage: str, remote: str = "origin") -> str:
     would: its code (a dep of the stage, or ``dvc.yaml``) has uncommitted changes, or the commit is not on
     the git remote."""
     code = ["dvc.yaml", *_deps(repo, stage)[1]]
-    edited = _git(repo, "diff", "--name-only", "HEAD", "--", *code).stdout.split()
+    edited = git(repo, "diff", "--name-only", "HEAD", "--", *code, check=False).split()
     if edited:
         raise ValueError(f"{stage}: uncommitted changes in {', '.join(edited)}: workers train the commit; commit them")
-    head = _git(repo, "rev-parse", "HEAD").stdout.strip()
-    fetched = _git(repo, "fetch", "--quiet", remote)
+    head = git(repo, "rev-parse", "HEAD", check=False)
+    fetched = run(["git", "fetch", "--quiet", remote], repo, check=False)
     if fetched.returncode != 0:
         raise ValueError(f"git fetch {remote}: {fetched.stderr.strip()}")
-    if not _git(repo, "branch", "--remotes", "--contains", head).stdout.strip():
+    if not git(repo, "branch", "--remotes", "--contains", head, check=False):
         raise ValueError(f"commit {head[:12]} is not on the git remote '{remote}': push it, workers check it out")
     return head
 
 
 def experiment_ref(repo: str | Path, name: str) -> str:
     """The git ref of the local DVC experiment ``name`` (``refs/exps/../name``)."""
-    refs = _git(repo, "for-each-ref", "refs/exps", "--format=%(refname)").stdout.split()
-    found = [r for r in refs if r.rsplit("/", 1)[-1] == name]
+    found = experiments.named(repo, name)
     if len(found) != 1:
         raise ValueError(f"experiment {name!r}: {len(found)} refs found in refs/exps, expected 1")
-    return found[0]
+    return found[0][0]
 
 
 def adopt(repo: str | Path, stage: str, ref: str) -> dict[str, Any]:
@@ -93,13 +88,13 @@ def adopt(repo: str | Path, stage: str, ref: str) -> dict[str, Any]:
     ``RuntimeError`` unless ``dvc status`` then finds the stage unchanged; returns the entry."""
     from dvc.utils.serialize import modify_yaml
 
-    shown = _git(repo, "show", f"{ref}:dvc.lock")
+    shown = run(["git", "show", f"{ref}:dvc.lock"], repo, check=False)
     entry = yaml.safe_load(shown.stdout or "{}").get("stages", {}).get(stage)
     if shown.returncode != 0 or entry is None:
         raise RuntimeError(f"{stage}: the worker's commit {ref} has no dvc.lock entry for it")
     for path in uncached_outs(repo, stage):
         _remove(Path(repo) / path)  # as `dvc repro` clears a stage's outputs before it runs
-        restored = _git(repo, "restore", f"--source={ref}", "--worktree", "--", path)
+        restored = run(["git", "restore", f"--source={ref}", "--worktree", "--", path], repo, check=False)
         if restored.returncode != 0:
             raise RuntimeError(f"{stage}: {path} is missing from the worker's commit {ref}")
     with modify_yaml(str(Path(repo) / "dvc.lock")) as lock:
@@ -114,9 +109,9 @@ def adopt(repo: str | Path, stage: str, ref: str) -> dict[str, Any]:
 
 
 def _dvc(repo: str | Path, stage: str, command: str, *args: str) -> None:
-    r = subprocess.run(["dvc", command, *args, stage], cwd=repo, capture_output=True, text=True)
+    r = run(["dvc", command, *args, stage], repo, check=False)
     if r.returncode != 0:
-        raise RuntimeError(f"{stage}: dvc {command} failed: {r.stderr.strip()[-500:]}")
+        raise CommandError(f"{stage}: dvc {command} failed: {r.stderr.strip()[-500:]}")
 
 
 def _remove(path: Path) -> None:

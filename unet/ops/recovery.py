@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from unet.io import write_json
+from unet.ops.runner import git, run
 
 STATE = Path(".dvc") / "tmp"
 REFS = "refs/unet/interrupted"  # keeps the recorded index and tracked files (two commits) from git gc
@@ -46,15 +46,6 @@ SNAPSHOT_ID = {
 
 class RunError(RuntimeError):
     """A run that cannot start here; the message says why in one line."""
-
-
-def git(repo: str | Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
-    """``git ARGS`` in ``repo``: its stripped output; with ``check``, a failure is a one-line :class:`RunError`."""
-    r = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    if check and r.returncode != 0:
-        last = (r.stderr or r.stdout).strip().splitlines()
-        raise RunError(f"git {args[0]}: {last[-1] if last else f'exit {r.returncode}'}")
-    return r.stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -76,8 +67,8 @@ def exclusive(repo: str | Path, what: str, experiment: str | None = None) -> Ite
     record stays for the next start, which undoes what is left.
 
     Raises:
-        RunError: another run holds the lock, or DVC's workspace run is still alive (nothing is touched), or
-            git cannot record the state.
+        RunError: another run holds the lock, or DVC's workspace run is still alive (nothing is touched).
+        CommandError: git cannot record the state.
     """
     from dvc.repo import Repo
 
@@ -271,8 +262,7 @@ def _holds(root: Path, path: str, revs: list[str]) -> bool:
 
 def names(root: Path, *args: str) -> list[str]:
     """NUL-separated path names from ``git ARGS`` (any character in a name)."""
-    r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    return [n for n in r.stdout.split("\0") if n]
+    return [n for n in run(["git", *args], root, check=False).stdout.split("\0") if n]
 
 
 def _repair_lock(root: Path, snapshot: str) -> str | None:
@@ -289,7 +279,7 @@ def _repair_lock(root: Path, snapshot: str) -> str | None:
         return None
     except Exception:  # DVC's own validation: an empty, truncated or half-written file
         pass
-    if subprocess.run(["git", "cat-file", "-e", f"{snapshot}:dvc.lock"], cwd=root, capture_output=True).returncode:
+    if run(["git", "cat-file", "-e", f"{snapshot}:dvc.lock"], root, check=False).returncode:
         lock.unlink()
         return "dvc.lock, cut short by the kill, removed (there was none before the run)"
     git(root, "checkout", snapshot, "--", "dvc.lock")

@@ -41,5 +41,5 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
 
 if __name__ == "__main__":
     p = _cli.parser("download", __doc__)
-    p.add_argument("--out", default="data/raw", help="output directory (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output directory")
     _cli.run("download", main, p.parse_args(), outputs=("out",))

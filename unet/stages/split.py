@@ -26,6 +26,6 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
 
 if __name__ == "__main__":
     p = _cli.parser("split", __doc__)
-    p.add_argument("--raw", default="data/raw", help="directory of the stacks (default: %(default)s)")
-    p.add_argument("--out", default="data/folds.json", help="the folds (JSON; default: %(default)s)")
+    p.add_argument("--raw", required=True, help="directory of the stacks")
+    p.add_argument("--out", required=True, help="the folds (JSON)")
     _cli.run("split", main, p.parse_args(), outputs=("out",))

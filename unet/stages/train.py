@@ -28,7 +28,8 @@ PARAMS_ENV = "UNET_PARAMS"  # the params the launching process loaded, handed to
 def main(args: argparse.Namespace, cfg: Config) -> None:
     _cli.start_backend()  # after the arguments are checked, quietly
     from unet import distributed
-    from unet.training import make_data, train
+    from unet.samples import make_data
+    from unet.training import train
 
     relaunch = distributed.horovod_command(cfg.runtime, ["-m", "unet.stages.train", *sys.argv[1:]])
     if relaunch:  # runtime.gpus > 1 or runtime.hosts on TensorFlow: the same command on every Horovod rank
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
         return
     if distributed.under_horovod() and os.environ.get(PARAMS_ENV):
         cfg = from_dict(Config, json.loads(os.environ[PARAMS_ENV]))
-    distributed.configure(cfg.runtime, cfg.train.seed)
+    dist = distributed.configure(cfg.runtime, cfg.train.seed)
     raw, workdir = Path(args.raw), Path(args.out)
     folds = json.loads(Path(args.folds).read_text())
     if not 0 <= args.fold < len(folds["folds"]):
@@ -51,39 +52,35 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
     images = read_stack(raw / cfg.download.images[0])[idx]
     labels = read_stack(raw / cfg.download.labels)[idx]
     data = make_data(images, labels, cfg.train.loss)
-    chief = distributed.is_chief()
-    if chief:
+    if dist.chief:
         log.info(
             "fold %d: %d training slices, backend %s, %s, precision %s, %d steps x global batch %d",
             args.fold,
             len(idx),
             distributed.backend(),
-            distributed.placement(),
+            dist.placement(),
             cfg.runtime.precision,
             cfg.train.max_steps,
             cfg.train.batch_size,
         )
         workdir.mkdir(parents=True, exist_ok=True)
         write_json(workdir / "config.json", {"fold": args.fold, **to_dict(cfg)})
-    metrics = train(cfg, data, workdir, checkpoints=args.checkpoints, shared_checkpoints=args.shared_checkpoints)
-    if chief:
+    metrics = train(cfg, data, workdir, dist, checkpoints=args.checkpoints, shared_checkpoints=args.shared_checkpoints)
+    if dist.chief:
         log.info("fold %d done: %s", args.fold, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":
     p = _cli.parser("train", __doc__)
     p.add_argument("--fold", type=int, required=True, help="the fold to train: its index in --folds")
-    p.add_argument("--raw", default="data/raw", help="directory of the stacks (default: %(default)s)")
-    p.add_argument("--folds", default="data/folds.json", help="the split stage's folds (default: %(default)s)")
-    p.add_argument("--out", help="output directory (default: models/folds/fold<k>)")
-    p.add_argument("--checkpoints", help="resume state directory (default: checkpoints/fold<k>)")
+    p.add_argument("--raw", required=True, help="directory of the stacks")
+    p.add_argument("--folds", required=True, help="the split stage's folds")
+    p.add_argument("--out", required=True, help="output directory of the fold's model")
+    p.add_argument("--checkpoints", required=True, help="resume state directory")
     p.add_argument(
         "--shared-checkpoints",
         default=os.environ.get("UNET_CHECKPOINTS") or None,
         help="resume state shared by every worker, instead of --checkpoints: a path or fsspec URL "
         "(default: $UNET_CHECKPOINTS)",
     )
-    a = p.parse_args()
-    a.out = a.out or f"models/folds/fold{a.fold}"
-    a.checkpoints = a.checkpoints or f"checkpoints/fold{a.fold}"
-    _cli.run("train", main, a, outputs=("out", "checkpoints", "shared_checkpoints"))
+    _cli.run("train", main, p.parse_args(), outputs=("out", "checkpoints", "shared_checkpoints"))

@@ -59,7 +59,7 @@ def summary(report: dict) -> str:
 
 if __name__ == "__main__":
     p = _cli.parser("validate", __doc__)
-    p.add_argument("--raw", default="data/raw", help="directory of the downloaded stacks")
-    p.add_argument("--report", default="reports/validation.json", help="every expectation and the statistics (JSON)")
-    p.add_argument("--summary", default="reports/validation.md", help="a short Markdown table of the outcome")
+    p.add_argument("--raw", required=True, help="directory of the downloaded stacks")
+    p.add_argument("--report", required=True, help="every expectation and the statistics (JSON)")
+    p.add_argument("--summary", required=True, help="a short Markdown table of the outcome")
     _cli.run("validate", main, p.parse_args(), outputs=("report", "summary"))
