@@ -3,7 +3,7 @@ variable (moments, iteration count, loss scale), the step and the resolved confi
 
 A checkpoint is ``<location>/step-<step>/`` holding ``state.npz`` and ``meta.json``. The location is a local
 directory or any fsspec URL (a shared filesystem, ``s3://...``, ``ssh://...``). Each file is written under a
-temporary name, flushed to the disk and moved into place (:func:`unet.io.atomic_path` on a local
+temporary name, flushed to the disk and moved into place (:func:`unet.outputs.atomic_path` on a local
 filesystem), and ``meta.json`` goes last: it is the commit mark, so a reader (another worker resuming the run)
 never takes a half-written checkpoint, and a writer killed mid-way leaves the previous complete one as the
 newest. The mark records the sha256 of ``state.npz``: a checkpoint whose state cannot be read or does not
@@ -27,7 +27,7 @@ import fsspec
 import keras
 import numpy as np
 
-from unet.io import atomic_path, fsync_dir
+from unet.outputs import atomic_path, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def restore(path: str | Path, model: keras.Model) -> None:
 
 def _put(fs: Any, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` under a temporary name, then move it into place: through
-    :func:`unet.io.atomic_path` (flushed and renamed) on a local filesystem, by fsspec's move on a shared one
+    :func:`unet.outputs.atomic_path` (flushed and renamed) on a local filesystem, by fsspec's move on a shared one
     (an object store shows an object only once it is complete)."""
     if _local(fs):
         with atomic_path(path) as local:

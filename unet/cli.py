@@ -73,7 +73,8 @@ def release(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """``unet predict`` and ``unet release``, every option described."""
     p = argparse.ArgumentParser(
         prog="unet",
         description="Segment grey stacks with a trained U-Net (unet predict) and release DVC experiments "
@@ -112,6 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     rel.add_argument("--stage", help="GTO stage to assign (default: the experiment's register.stage)")
     rel.add_argument("--repo", default=".", help="the git and DVC repository (default: the current directory)")
     rel.add_argument("--card", default="models/card.json", help="the model card (DVC-cached output of register)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
     args = p.parse_args(argv)
     if args.command == "predict" and args.threshold is not None and not 0 < args.threshold < 1:
         p.error(f"--threshold: invalid value {args.threshold}: must be in (0, 1)")

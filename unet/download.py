@@ -1,12 +1,12 @@
 """Fetch the stacks from an ordered list of sources and accept each only if its pixels verify.
 
-Sources, in order: a local directory (each stack a TIFF ``name`` or a folder ``stem/`` of single-slice
-PNG/TIFF files in natural order), whole-stack base URLs (the file name is appended), and per-slice
-mirrors (one URL per slice, stacked in index order). A stack is accepted from the first source whose copy
-decodes as a grey-value stack and whose pixel sha256 matches (when one is configured), so any container or
-mirror layout works. Network transfers are checked against their Content-Length and retried with backoff;
-a host that fails every attempt is skipped for the later files, and all failed attempts together may take
-at most ``download.budget_s`` seconds, so a network that answers nothing fails the stage in bounded time.
+Sources, in order: a local directory (each stack a TIFF ``name`` or a folder ``stem/`` of single-slice PNG/TIFF
+files in natural order), whole-stack base URLs (the file name is appended), and per-slice mirrors (one URL per
+slice, stacked in index order). A stack is accepted from the first source whose copy decodes as a grey-value stack
+and whose pixel sha256 matches (when one is configured), so any container or mirror layout works. Network transfers
+are checked against their Content-Length and retried with backoff; a host that fails every attempt is skipped for
+the later files, and all failed attempts together may take at most ``download.budget_s`` seconds, so a network that
+answers nothing fails the stage in bounded time.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from unet.config import DownloadConfig, SliceMirrorConfig
-from unet.io import DataError, atomic_path, check_labels, check_pair, pixel_sha256, read_stack, write_stack
+from unet.io import DataError, check_labels, check_pair, pixel_sha256, read_stack, write_stack
+from unet.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
-# Failures of a transfer that another attempt may not have: the network, the server's connection, a short
-# body. http.client.HTTPException (IncompleteRead, RemoteDisconnected is also an OSError, BadStatusLine...)
-# is not an OSError, so urllib lets it through unwrapped.
+# Failures another attempt may not have (network, connection, short body); http.client.HTTPException is not
+# an OSError, so urllib lets it through unwrapped.
 TRANSIENT = (OSError, http.client.HTTPException)
 
 
@@ -187,11 +187,8 @@ def _lookup(address: tuple[str, int], found: list[Any]) -> None:
 
 
 def _why(exc: BaseException | str) -> str:
-    if isinstance(exc, str):
-        return exc
-    text = " ".join(str(exc).split())
-    kind = type(exc).__name__
-    return f"{kind}: {text}" if text and kind not in text else text or kind
+    text, kind = (exc, "") if isinstance(exc, str) else (" ".join(str(exc).split()), type(exc).__name__)
+    return f"{kind}: {text}" if text and kind and kind not in text else text or kind
 
 
 def from_local(local: Path, name: str, workdir: Path) -> tuple[str, Path]:

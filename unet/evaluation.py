@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from unet.config import EvaluateConfig
-from unet.io import atomic_path
 from unet.metrics import stack_metrics
+from unet.outputs import atomic_path
 from unet.tiling import predict_slices
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from keras import layers, ops
 
 from unet.geometry import output_size
 from unet.intensity import IntensityMap, intensities
-from unet.io import DataError, atomic_path
+from unet.io import DataError
+from unet.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 import tifffile
 
-from unet.io import DataError, StackInfo, atomic_path, iter_slices, stack_info
+from unet.io import DataError, StackInfo, iter_slices, stack_info
+from unet.outputs import atomic_path
 from unet.tiling import TileModel, iter_predictions
 
 if TYPE_CHECKING:
@@ -169,10 +170,9 @@ def predict_file(
 ) -> dict[str, Any]:
     """Segment the stack ``src`` (multi-page TIFF, single PNG/TIFF or directory of slices) into ``dest``.
 
-    Writes float32 foreground probabilities in [0, 1], or uint8 masks (0/255) above ``threshold``, one
-    page per slice, as BigTIFF when the output outgrows 4 GB. Several ``models`` are averaged. ``engine``
-    ``onnx`` runs ``.onnx`` models with ONNX Runtime (``threads`` intra-op threads, 0: one per core;
-    ``optimization``: its graph optimisation level, see :class:`OnnxModel`).
+    Writes float32 foreground probabilities in [0, 1], or uint8 masks (0/255) above ``threshold``, one page per
+    slice, as BigTIFF when the output outgrows 4 GB. Several ``models`` are averaged. ``engine`` ``onnx`` runs
+    ``.onnx`` models with ONNX Runtime (``threads``, 0: one per core; ``optimization``: see :class:`OnnxModel`).
 
     Returns:
         A summary: slices, height, width, dtype, bigtiff, seconds, img_per_s.
@@ -203,15 +203,8 @@ def predict_file(
     finally:
         progress.close()
     seconds = time.monotonic() - t0
-    return {
-        "slices": info.slices,
-        "height": info.height,
-        "width": info.width,
-        "dtype": str(out_dtype),
-        "bigtiff": bigtiff,
-        "seconds": seconds,
-        "img_per_s": info.slices / max(seconds, 1e-9),
-    }
+    size = {"slices": info.slices, "height": info.height, "width": info.width, "dtype": str(out_dtype)}
+    return {**size, "bigtiff": bigtiff, "seconds": seconds, "img_per_s": info.slices / max(seconds, 1e-9)}
 
 
 def load_models(

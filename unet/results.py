@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from unet.folds import fold_name
-from unet.io import atomic_path, write_json
 from unet.metrics import METRICS, over_folds
+from unet.outputs import atomic_path, write_json
 
 MEAN, STD = "mean", "std"  # file names: rows of `dvc metrics show`
 

@@ -23,9 +23,10 @@ from unet.augment import augment
 from unet.config import PLACEMENT, Config, TrainConfig, fingerprint, to_dict
 from unet.distributed import Distribution
 from unet.intensity import with_intensity
-from unet.io import atomic_path, fsync_tree, pixel_sha256
+from unet.io import pixel_sha256
 from unet.losses import SegmentationLoss, SoftDice
 from unet.model import build_unet
+from unet.outputs import atomic_path, fsync_tree
 from unet.samples import DeviceSlices, SliceData, batches
 from unet.samples import make_data as make_data  # re-exported: benchmarks/step_overhead.py runs older revisions
 

@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from unet.ops import recovery
-from unet.ops.runner import git, has_identity, run, stream
+from unet.ops.dvcfiles import dvc_paths, written_by_dvc
+from unet.ops.runner import git, has_identity, names, run, stream
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,10 @@ def run_experiment(
 def user_edits(cwd: str | Path = ".") -> list[str]:
     """Uncommitted changes of tracked or staged files other than ``params.yaml`` and DVC's files (``dvc.lock``,
     ``.gitignore`` files, stage outputs): what ``dvc exp apply`` would overwrite."""
-    managed = recovery.dvc_paths(Path(cwd)) | {"params.yaml"}
-    status = recovery.names(Path(cwd), "status", "--porcelain", "-z", "--untracked-files=no", "--no-renames")
+    managed = dvc_paths(Path(cwd)) | {"params.yaml"}
+    status = names(Path(cwd), "status", "--porcelain", "-z", "--untracked-files=no", "--no-renames")
     paths = [entry[3:] for entry in status]  # "XY path"
-    return [p for p in paths if not recovery.written_by_dvc(p, managed)]
+    return [p for p in paths if not written_by_dvc(p, managed)]
 
 
 def unchanged_experiment(cwd: str | Path, name: str, sets: list[str]) -> str | None:

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unet.io import write_json
-from unet.ops.runner import git, run
+from unet.ops.dvcfiles import dvc_paths, written_by_dvc
+from unet.ops.runner import git, names, run
+from unet.outputs import write_json
 
 STATE = Path(".dvc") / "tmp"
 REFS = "refs/unet/interrupted"  # keeps the recorded index and tracked files (two commits) from git gc
@@ -260,11 +261,6 @@ def _holds(root: Path, path: str, revs: list[str]) -> bool:
     return any(git(root, "rev-parse", "-q", "--verify", f"{r}:{path}", check=False) == blob for r in revs)
 
 
-def names(root: Path, *args: str) -> list[str]:
-    """NUL-separated path names from ``git ARGS`` (any character in a name)."""
-    return [n for n in run(["git", *args], root, check=False).stdout.split("\0") if n]
-
-
 def _repair_lock(root: Path, snapshot: str) -> str | None:
     """``dvc.lock`` as it was before the run when the kill cut it short (DVC rewrites it in place after each
     stage); the stages that the run finished then come back from DVC's run-cache instead of running again."""
@@ -295,18 +291,3 @@ def _restore_index(root: Path, tree: str) -> str | None:
         return None
     git(root, "restore", "--staged", f"--source={tree}", "--", *staged)
     return f"git's index restored ({len(staged)} file(s) unstaged)"
-
-
-def written_by_dvc(path: str, managed: set[str]) -> bool:
-    """Whether ``path`` is a ``.gitignore`` file or one of ``managed`` (:func:`dvc_paths`) or inside one."""
-    return Path(path).name == ".gitignore" or any(path == m or path.startswith(m + "/") for m in managed)
-
-
-def dvc_paths(root: Path) -> set[str]:
-    """``dvc.lock`` and every stage output, as paths relative to the repository."""
-    from dvc.repo import Repo
-
-    paths = {"dvc.lock"}
-    with contextlib.suppress(Exception), Repo(str(root)) as repo:  # a broken dvc.yaml: dvc.lock alone
-        paths |= {os.path.relpath(o.fs_path, repo.root_dir) for o in repo.index.outs}
-    return paths

@@ -126,3 +126,8 @@ def stream(
         if not quiet(line):
             sink(line)
     return proc.wait(), lines
+
+
+def names(root: Path, *args: str) -> list[str]:
+    """NUL-separated path names from ``git ARGS`` (any character in a name)."""
+    return [n for n in run(["git", *args], root, check=False).stdout.split("\0") if n]

@@ -18,8 +18,9 @@ from typing import Any
 
 from unet.config import Config
 from unet.folds import fold_name
-from unet.io import atomic_path, read_stack, to_binary, write_json
+from unet.io import read_stack, to_binary
 from unet.metrics import METRICS, over_folds
+from unet.outputs import atomic_path, write_json
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 
 from unet.config import Config, to_dict
 from unet.folds import fold_name
-from unet.io import write_json
+from unet.outputs import write_json
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from unet.config import Config
 from unet.folds import check_partition, kfold
-from unet.io import stack_info, write_json
+from unet.io import stack_info
+from unet.outputs import write_json
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)

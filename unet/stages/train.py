@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from unet.config import Config, from_dict, to_dict
-from unet.io import read_stack, write_json
+from unet.io import read_stack
+from unet.outputs import write_json
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 
 from unet.config import Config
-from unet.io import atomic_path, check_labels, read_stack, write_json
+from unet.io import check_labels, read_stack
+from unet.outputs import atomic_path, write_json
 from unet.stages import _cli
 
 log = logging.getLogger(__name__)

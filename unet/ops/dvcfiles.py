@@ -1,0 +1,22 @@
+"""What DVC writes in a repository: ``dvc.lock``, every stage output, and the ``.gitignore`` files it keeps."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def written_by_dvc(path: str, managed: set[str]) -> bool:
+    """Whether ``path`` is a ``.gitignore`` file or one of ``managed`` (:func:`dvc_paths`) or inside one."""
+    return Path(path).name == ".gitignore" or any(path == m or path.startswith(m + "/") for m in managed)
+
+
+def dvc_paths(root: Path) -> set[str]:
+    """``dvc.lock`` and every stage output, as paths relative to the repository."""
+    from dvc.repo import Repo
+
+    paths = {"dvc.lock"}
+    with contextlib.suppress(Exception), Repo(str(root)) as repo:  # a broken dvc.yaml: dvc.lock alone
+        paths |= {os.path.relpath(o.fs_path, repo.root_dir) for o in repo.index.outs}
+    return paths
