@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import write
+from unet.folds import fold_name
 from unet.presets import PRESETS, apply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,8 +87,8 @@ def run_setting(name: str, overrides: dict[str, Any], work: Path, env: dict[str,
     t0 = time.perf_counter()
     for fold in range(k):
         cmd = [sys.executable, "-m", "unet.stages.train", "--params", str(params), "--fold", str(fold)]
-        cmd += ["--raw", "data/raw", "--folds", "data/folds.json", "--out", str(d / f"fold{fold}")]
-        cmd += ["--checkpoints", str(d / "ckpt" / f"fold{fold}")]
+        cmd += ["--raw", "data/raw", "--folds", "data/folds.json", "--out", str(d / fold_name(fold))]
+        cmd += ["--checkpoints", str(d / "ckpt" / fold_name(fold))]
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
     t_train = time.perf_counter() - t0
     cmd = [sys.executable, "-m", "unet.stages.evaluate", "--params", str(params), "--models", str(d)]

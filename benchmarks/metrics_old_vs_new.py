@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks._common import write
 from unet import config, metrics
+from unet.folds import fold_name
 from unet.io import read_stack, to_binary
 from unet.predict import load_model
 from unet.tiling import predict_slices
@@ -56,7 +57,7 @@ def main() -> None:
     folds = json.loads((ROOT / "data" / "folds.json").read_text())["folds"]
     rows = []
     for k, fold in enumerate(folds):
-        model = load_model(args.models / f"fold{k}" / "model.keras", images.dtype)
+        model = load_model(args.models / fold_name(k) / "model.keras", images.dtype)
         val = fold["val"]
         prob = predict_slices(model, images[val], 16)
         before = [old.slice_metrics(prob[i], labels[s], 0.5) for i, s in enumerate(val)]

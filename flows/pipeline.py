@@ -23,6 +23,7 @@ from prefect.futures import PrefectFuture, wait
 from flows.commands import command, library_log
 from flows.fold import train_on_workers
 from unet import config
+from unet.config import Precision
 from unet.devices import fold_queues, granted
 from unet.io import natural_key
 from unet.metrics import METRICS
@@ -187,7 +188,7 @@ def pipeline(
     repo: str = ".",
     preset: Preset | None = None,
     steps: int | None = None,
-    precision: str | None = None,
+    precision: Precision | None = None,
     xla: bool | None = None,
     gpus: int | None = None,
     experiment: str = "prefect",
@@ -228,7 +229,7 @@ def main() -> None:
     p.add_argument("--repo", default=".")
     p.add_argument("--preset", choices=get_args(Preset))
     p.add_argument("--steps", type=int)
-    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"])
+    p.add_argument("--precision", choices=get_args(Precision))
     p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--gpus", type=int)
     p.add_argument("--experiment", default="prefect", help="DVC experiment name for this run")

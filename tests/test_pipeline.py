@@ -181,6 +181,8 @@ def test_experiments_compare_fold_by_fold_and_leave_history_alone(isbi, tmp_path
     assert branch.startswith("release/cpu-") and git(repo, "rev-parse", "HEAD") == head  # HEAD stays
     gto = json.loads(run(repo, "gto", "show", "unet-isbi2012", "--json").stdout)
     assert gto[0]["version"] == "v0.0.1" and card["sha256"] in gto[0]["message"]
+    assert f"experiment cpu; preset cpu, 20 steps, commit {head}" in gto[0]["message"], gto[0]["message"]
+    assert "cell interior" in gto[0]["message"]
     assert [s["stage"] for s in gto[0]["stages"]] == ["dev"]
     got = run(repo, "dvc", "artifacts", "get", ".", "unet-isbi2012", "-o", str(tmp_path / "fetched.keras"))
     assert got.returncode == 0, got.stderr[-2000:]

@@ -17,6 +17,8 @@ from unet.schema import check, check_choices, from_dict, read_yaml
 from unet.schema import fingerprint as fingerprint  # re-exported: callers take the whole API from here
 from unet.schema import to_dict as to_dict
 
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]  # runtime.precision (also the flow's parameter)
+
 
 @dataclass(frozen=True)
 class SliceMirrorConfig:
@@ -229,7 +231,7 @@ class RegisterConfig:
 class RuntimeConfig:
     """How training runs (not what it learns): precision, XLA, devices, parallelism, hosts."""
 
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "mixed_bfloat16"
+    precision: Precision = "mixed_bfloat16"
     xla: bool = True
     tf32: bool = True
     gpus: int = 1  # Horovod processes (one per GPU) in all: on this host, or the slots of `hosts` added up

@@ -176,7 +176,9 @@ def _tag(repo: Path, name: str, stage: str, branch: str, card: dict[str, Any], e
             log.info("%s %s already holds this model", name, v["version"])
             _run(["gto", "assign", name, "--version", v["version"], "--stage", stage], repo, check=False)
             return {"version": v["version"], "stage": stage, "branch": branch}
-    message = f"{card['description']} (model.keras sha256 {card['sha256']}; experiment {experiment})"
+    run = card.get("trained") or {}  # the run that trained it (cards written before it was recorded: none)
+    trained = f"preset {run.get('preset') or 'none'}, {run.get('steps', '?')} steps, commit {run.get('commit') or '?'}"
+    message = f"{card['description']} (model.keras sha256 {card['sha256']}; experiment {experiment}; {trained})"
     _run(["gto", "register", name, branch, "--message", message], repo)
     version = json.loads(gto(repo, "show", name, "--json"))[0]["version"]
     gto(repo, "assign", name, "--version", version, "--stage", stage)
