@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,7 +126,9 @@ def export_onnx(model: keras.Model, path: str | Path) -> dict[str, str]:
     # None in all three: tf2onnx converts the valid convolutions, pools and crop-and-concat with symbolic
     # shapes, so one file serves every admissible tile side and batch size (tested at several sides)
     spec = keras.InputSpec(shape=(None, None, None, 1), dtype="float32", name="grey")
-    with atomic_path(path) as tmp:
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its opset/optimiser notes are not ours to show
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # numpy's note on the np.object Keras probes
         try:
             model.export(str(tmp), format="onnx", input_signature=[spec], verbose=False)
         except Exception as exc:  # any converter failure: try tf2onnx itself, which raises its own error
