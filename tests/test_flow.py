@@ -182,7 +182,7 @@ echo "start $(date +%s.%N) ${CUDA_VISIBLE_DEVICES-unset} $*" >> "$DVC_CALLS"
 echo "end $(date +%s.%N) ${CUDA_VISIBLE_DEVICES-unset} $*" >> "$DVC_CALLS"
 exit $rc
 """
-STEP_LINE = re.compile(r"^1/1 - .*loss: ")  # Keras' line at the end of a one-step epoch (verbose=2)
+STEP_LINE = re.compile(r"^train: step 1/\d+: loss ")  # the train stage's line at the end of a one-step epoch
 
 
 def _train_calls(path: Path) -> dict[int, tuple[str, float, float]]:

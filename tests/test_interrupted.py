@@ -4,6 +4,7 @@ ends with exactly the results of an uninterrupted run; run again unchanged, it i
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -29,8 +30,9 @@ RUN_ARGS = (
     "-S split.folds=[0,1,2] -S train.max_steps=20 -S train.steps_per_epoch=5 -S train.checkpoint_every=10 "
     "-S evaluate.overlays=1"
 )
-# outputs that hold a time (a .keras file's save time, throughput) and so differ between any two runs
-TIMED = ("model.keras", "models/registered", "models/card.json", "/metrics.json", "/plots")
+# outputs that hold a time (a .keras file's save time, throughput) and so differ between any two runs, and the
+# training curves, whose losses a resumed fold logs within 1e-6 of the uninterrupted run's (compared below)
+TIMED = ("model.keras", "models/registered", "models/card.json", "/metrics.json", "/plots", "plots/training.csv")
 
 
 def make_run(repo: Path, isbi: Path) -> list[str]:
@@ -109,6 +111,7 @@ def test_a_killed_make_run_resumes_to_the_uninterrupted_result_and_keeps_the_use
     ]
     assert json.loads((repo / "models" / "card.json").read_text())["folds"][0] in (0, 1, 2)
     reference = {"outs": outs(repo), "train": {}, "models": tmp_path / "reference"}
+    reference["curves"] = (repo / "plots" / "training.csv").read_text()
     for k in range(3):
         fold = repo / "models" / "folds" / f"fold{k}"
         reference["train"][k] = json.loads((fold / "metrics.json").read_text())
@@ -155,6 +158,15 @@ def test_a_killed_make_run_resumes_to_the_uninterrupted_result_and_keeps_the_use
         if not any(t in path for t in TIMED):
             assert got[path] == md5, path
     assert read_metrics(repo / "metrics") == per_fold
+    # the curves: each (fold, step) row the resumed run has equals the uninterrupted run's within 1e-6. A fold
+    # killed mid-training lacks the rows before its checkpoint: DVC deletes a stage's outputs (DVCLive's history
+    # with them) before running it again, and the checkpoint holds only its own step's scores
+    now = (repo / "plots" / "training.csv").read_text()
+    rows = (np.loadtxt(io.StringIO(t), delimiter=",", skiprows=1) for t in (now, reference["curves"]))
+    got, want = ({(r[0], r[1]): r[2:] for r in table} for table in rows)  # (fold, step) -> loss, soft Dice
+    assert set(got) <= set(want) and {(k, 20.0) for k in (0.0, 1.0, 2.0)} <= set(got), sorted(got)
+    for key, row in got.items():
+        np.testing.assert_allclose(row, want[key], atol=1e-6, err_msg=str(key))
     for k in range(3):
         fold = repo / "models" / "folds" / f"fold{k}"
         m, want = json.loads((fold / "metrics.json").read_text()), reference["train"][k]
