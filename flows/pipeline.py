@@ -27,6 +27,7 @@ from unet.config import Precision
 from unet.devices import fold_queues, granted
 from unet.io import natural_key
 from unet.metrics import METRICS
+from unet.ops.dvcfiles import stage_option
 from unet.ops.experiments import experiment_env, from_baseline
 from unet.ops.recovery import exclusive
 from unet.ops.runner import git
@@ -128,7 +129,7 @@ def git_tracked_outputs(repo: str) -> list[str]:
 
 def run_env(repo: str, experiment: str, preset: str | None) -> dict[str, str]:
     """What the register stage names in the card, as ``dvc exp run`` and ``unet.presets`` tell it."""
-    head = command(["git", "rev-parse", "HEAD"], repo).strip()
+    head = git(repo, "rev-parse", "HEAD")
     return {"DVC_EXP_NAME": experiment, "DVC_EXP_BASELINE_REV": head, "UNET_PRESET": preset or ""}
 
 
@@ -169,7 +170,7 @@ def publish_artifacts(repo: str) -> dict[str, Any]:
         table=list(rows.values()),
         description="Validation metrics per fold and over folds (V_rand, V_info, pixel error: ISBI 2012 protocol)",
     )
-    card = json.loads((Path(repo) / "models" / "card.json").read_text())
+    card = json.loads((Path(repo) / stage_option(repo, "register", "--card")).read_text())
     run = card["trained"]
     summary = {**run, "dataset": card["dataset"], "foreground": card["foreground"], **card["cross_validated"]}
     lines = [f"# {card['name']}: U-Net for the {card['foreground']} in {card['dataset']}", ""]
@@ -178,7 +179,8 @@ def publish_artifacts(repo: str) -> dict[str, Any]:
     lines += ["", "| metric | mean | std |", "| --- | --- | --- |"]
     lines += [f"| {m} | {summary[m]['mean']:.4f} | {summary[m]['std']:.4f} |" for m in METRICS]
     lines += ["", "Overlays (image, label, probability, errors):", ""]
-    lines += [f"- `{p.relative_to(repo)}`" for p in sorted((Path(repo) / "plots" / "overlays").glob("*.png"))]
+    overlays = Path(repo) / stage_option(repo, "evaluate", "--overlays")
+    lines += [f"- `{p.relative_to(repo)}`" for p in sorted(overlays.glob("*.png"))]
     create_markdown_artifact(key="unet-summary", markdown="\n".join(lines), description="The model and its scores")
     return summary
 

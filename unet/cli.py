@@ -58,6 +58,7 @@ def release(args: argparse.Namespace) -> None:
     import logging
 
     from unet import config
+    from unet.ops.dvcfiles import stage_option
     from unet.ops.runner import run
     from unet.release import experiment_commit, release
 
@@ -69,7 +70,8 @@ def release(args: argparse.Namespace) -> None:
     if shown.returncode != 0:
         raise ValueError(f"experiment {args.experiment}: no params.yaml in its commit {sha[:7]}")
     cfg = config.loads(shown.stdout, f"{args.experiment}:params.yaml").register
-    out = release(repo, args.experiment, cfg.name, args.stage or cfg.stage, args.card)
+    card = args.card or stage_option(repo, "register", "--card")
+    out = release(repo, args.experiment, cfg.name, args.stage or cfg.stage, card)
     print(json.dumps(out))
 
 
@@ -112,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     rel.add_argument("experiment", help="experiment name, as `dvc exp show` lists it")
     rel.add_argument("--stage", help="GTO stage to assign (default: the experiment's register.stage)")
     rel.add_argument("--repo", default=".", help="the git and DVC repository (default: the current directory)")
-    rel.add_argument("--card", default="models/card.json", help="the model card (DVC-cached output of register)")
+    rel.add_argument("--card", help="the model card (default: the register stage's --card in dvc.yaml)")
     return p
 
 

@@ -20,3 +20,24 @@ def dvc_paths(root: Path) -> set[str]:
     with contextlib.suppress(Exception), Repo(str(root)) as repo:  # a broken dvc.yaml: dvc.lock alone
         paths |= {os.path.relpath(o.fs_path, repo.root_dir) for o in repo.index.outs}
     return paths
+
+
+def stage_option(root: str | Path, stage: str, option: str) -> str:
+    """The value of ``option`` (e.g. ``--card``) in stage ``stage``'s command in ``root``'s ``dvc.yaml``: the
+    one place each path is named, so tools that read a stage's output find it where the stage wrote it.
+
+    Raises:
+        ValueError: no such stage, or its command has no such option.
+    """
+    import shlex
+
+    import yaml
+
+    path = Path(root) / "dvc.yaml"
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+    if stage not in stages:
+        raise ValueError(f"{path}: no stage {stage!r}")
+    args = shlex.split(stages[stage]["cmd"])
+    if option not in args[:-1]:
+        raise ValueError(f"{path}: stage {stage}'s command has no {option} option")
+    return args[args.index(option) + 1]
