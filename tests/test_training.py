@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -105,6 +106,19 @@ def test_killed_run_resumes_to_the_same_weights(tiny_cfg, data, tmp_path):
         np.testing.assert_array_equal(a, b)
     loss = lambda d: (d / "plots" / "metrics" / "loss.tsv").read_text().splitlines()  # noqa: E731
     assert loss(straight) == loss(resumed)  # the curves continue where they stopped
+
+
+def test_a_resume_into_an_emptied_directory_writes_the_whole_curves_again(tiny_cfg, data, tmp_path):
+    """As ``dvc repro`` reruns a killed train stage: its outputs (DVCLive's files) deleted, the checkpoints kept."""
+    straight, resumed, kept = tmp_path / "straight", tmp_path / "resumed", tmp_path / "checkpoints"
+    train(tiny_cfg, data, straight)
+    with pytest.raises(Killed):
+        train(tiny_cfg, data, resumed, callbacks=[KillAt(17, tiny_cfg.train.steps_per_epoch)], checkpoints=kept)
+    shutil.rmtree(resumed)
+    assert train(tiny_cfg, data, resumed, checkpoints=kept)["step"] == 20
+    for name in ("loss.tsv", "soft_dice.tsv"):
+        curve = lambda d: (d / "plots" / "metrics" / name).read_text().splitlines()  # noqa: B023, E731
+        assert len(curve(resumed)) == 5 and curve(resumed) == curve(straight), name  # header + 4 epochs
 
 
 def test_changed_params_or_data_do_not_resume(tiny_cfg, data, tmp_path):

@@ -144,12 +144,13 @@ class _Monitor(keras.callbacks.Callback):
     """Counts optimizer steps; every ``steps_per_epoch`` steps (and at the last): stop on a non-finite
     loss, log, and checkpoint (rank 0, the one given a ``live``)."""
 
-    def __init__(self, cfg: Config, checkpoints: str, start: int, live: Any, key: str):
+    def __init__(self, cfg: Config, checkpoints: str, start: int, live: Any, key: str, history: list[dict[str, float]]):
         super().__init__()
         self.cfg, self.checkpoints, self.live = cfg, checkpoints, live
         self.step, self.t0, self.t0_step = start, time.perf_counter(), start
         self.failed: str | None = None
         self.meta = {"fingerprint": key, "config": to_dict(cfg)}
+        self.history = list(history)  # every logged row so far, {"step": ..., metric: ...}: checkpoints carry it
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.step += 1
@@ -166,26 +167,38 @@ class _Monitor(keras.callbacks.Callback):
         self.t0, self.t0_step = now, self.step
         if self.live is None:
             return
-        self.live.step = self.step
-        for k, v in logs.items():
-            self.live.log_metric(k, float(v))
-        self.live.make_summary()
+        row = {k: float(v) for k, v in logs.items()}
+        log_rows(self.live, [{"step": self.step, **row}])
+        self.history.append({"step": self.step, **row})
         if self.step % t.checkpoint_every == 0 or self.step >= t.max_steps:
-            meta = {**self.meta, "metrics": {k: float(v) for k, v in logs.items()}}  # for a resume elsewhere
+            # the curves so far travel with the state: a resume after DVC deleted the stage's outputs (DVCLive's
+            # files with them) or on another worker writes them again
+            meta = {**self.meta, "metrics": row, "history": self.history}
             checkpoint.save(self.checkpoints, self.step, self.model, meta, t.keep_checkpoints)
         # the fold's progress, one line an epoch (after its checkpoint), in place of Keras's two
         scores = ", ".join(f"{k} {float(v):.4f}" for k, v in logs.items() if k != "img_per_s")
         log.info("step %d/%d: %s, %.1f img/s", self.step, t.max_steps, scores, logs["img_per_s"])
 
 
+def log_rows(live: Any, rows: list[dict[str, float]]) -> None:
+    """Log each ``{"step": s, metric: value, ...}`` row to DVCLive at its step."""
+    for row in rows:
+        live.step = int(row["step"])
+        for k, v in row.items():
+            if k != "step":
+                live.log_metric(k, float(v))
+        live.make_summary()
+
+
 def _resume(
     cfg: Config, data: SliceData, dist: Distribution, checkpoints: str, key: str
-) -> tuple[Trainer, int, dict[str, float]]:
+) -> tuple[Trainer, int, list[dict[str, float]]]:
     """A trainer restored from the newest checkpoint written with the same fingerprint ``key``, its step and
-    the metrics logged at that step; a fresh trainer, step 0 and no metrics when there is none (or it does not
-    fit: resume state never crashes a run). Rank 0 alone reads checkpoints (on several hosts the others may
-    not see them); every rank then starts from its state (:meth:`Distribution.broadcast`)."""
-    trainer, step, metrics = make_trainer(cfg, data, dist), 0, {}
+    the rows logged up to that step; a fresh trainer, step 0 and no rows when there is none (or it does not
+    fit: resume state never crashes a run). A checkpoint written before rows were kept gives its own step's.
+    Rank 0 alone reads checkpoints (on several hosts the others may not see them); every rank then starts from
+    its state (:meth:`Distribution.broadcast`)."""
+    trainer, step, history = make_trainer(cfg, data, dist), 0, []
     found = checkpoint.latest(checkpoints, key) if dist.chief else None
     if found:
         try:
@@ -195,10 +208,11 @@ def _resume(
             trainer = make_trainer(cfg, data, dist)
         else:
             log.info("resuming from %s (step %d of %d)", found[0], found[1]["step"], cfg.train.max_steps)
-            step, metrics = int(found[1]["step"]), dict(found[1].get("metrics", {}))
+            step, meta = int(found[1]["step"]), found[1]
+            history = meta.get("history") or ([{"step": step, **meta["metrics"]}] if meta.get("metrics") else [])
     elif dist.chief and checkpoint.exists(checkpoints):
         log.info("%s: no checkpoint of these data and train/runtime params: starting afresh", checkpoints)
-    return trainer, dist.broadcast(trainer, step), metrics
+    return trainer, dist.broadcast(trainer, step), history
 
 
 def _fit(trainer: Trainer, data: SliceData, t: TrainConfig, share: slice, monitor: _Monitor, callbacks: list) -> None:
@@ -246,15 +260,12 @@ def train(
     dist.check_same(key, "training slices or params")
     share = dist.share(t.batch_size)
     ckpt_dir = checkpoint.location(checkpoints or workdir / "checkpoints", shared_checkpoints, key)
-    trainer, start, last = _resume(cfg, data, dist, ckpt_dir, key)
+    trainer, start, history = _resume(cfg, data, dist, ckpt_dir, key)
     chief = dist.chief
     live = Live(str(workdir), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) if chief else None
-    if live is not None and last and "loss" not in live.summary:  # resumed where the run's history is not
-        live.step = start
-        for k, v in last.items():
-            live.log_metric(k, v)
-        live.make_summary()
-    monitor = _Monitor(cfg, ckpt_dir, start, live, key)
+    if live is not None and history and "loss" not in live.summary:  # resumed where the run's curves are not
+        log_rows(live, history)
+    monitor = _Monitor(cfg, ckpt_dir, start, live, key, history)
     _fit(trainer, data, t, share, monitor, callbacks or [])
     if monitor.failed:
         raise RuntimeError(f"{workdir}: training stopped: {monitor.failed}; last good checkpoint kept in {ckpt_dir}")
