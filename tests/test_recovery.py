@@ -134,3 +134,24 @@ def test_a_rerun_is_a_no_op_only_for_the_same_params_and_code_and_never_over_the
     assert user_edits(repo) == []  # the experiment's params and outputs are not the user's edits
     (repo / "README.md").write_text("my edit\n")
     assert user_edits(repo) == ["README.md"]  # so `dvc exp apply` would overwrite it: the run happens instead
+
+
+def test_a_preset_run_after_an_experiment_starts_from_the_users_edits_not_the_committed_params(tmp_path, monkeypatch):
+    from unet.ops.experiments import run_experiment
+
+    monkeypatch.setenv("PATH", git_env()["PATH"])  # dvc of this environment
+    repo = toy_repo(tmp_path)
+    (repo / "go").touch()
+    committed = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(committed + "q: 7  # my own data's setting\n")
+    fd = os.open(repo / ".git" / "lock-for-test", os.O_CREAT | os.O_RDWR)
+    try:
+        for name, p in (("x", 2), ("y", 3), ("y", 3)):  # the second y: params equal to an experiment's again
+            assert run_experiment(name, ["-S", f"p={p}"], repo, fd, "cpu", lambda line: None) == 0
+            assert (repo / "params.yaml").read_text() == f"p: {p}\nq: 7  # my own data's setting\n", name
+            assert (repo / "a.txt").read_text() == str(p)
+        (repo / "params.yaml").write_text(committed)  # back to the committed params by hand: they are the base
+        assert run_experiment("z", ["-S", "p=4"], repo, fd, "cpu", lambda line: None) == 0
+        assert (repo / "params.yaml").read_text() == "p: 4\n"
+    finally:
+        os.close(fd)

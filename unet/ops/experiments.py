@@ -4,12 +4,14 @@ its name), beside DVC's own run refs (``refs/exps/exec/...``, ``refs/exps/stash`
 
 Also running one as ``python -m unet.presets run`` does (:func:`run_experiment`) and what that asks of the
 others: whether it already ran (:func:`unchanged_experiment`), what in the workspace is the user's
-(:func:`user_edits`), the committed params under an experiment's (:func:`committed_params`), and the git
+(:func:`user_edits`), the params an experiment started from (:func:`from_baseline`), and the git
 identity its commit is signed with (:func:`experiment_env`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from unet.ops.dvcfiles import dvc_paths, written_by_dvc
 from unet.ops.runner import git, has_identity, names, run, stream
+from unet.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +66,51 @@ def committed_params(cwd: str | Path = ".") -> str | None:
     return head.stdout if workspace in shown else None
 
 
+BASES = Path(".dvc") / "tmp" / "unet-params-bases.json"  # DVC's own git-ignored scratch folder
+
+
+def remember_base(cwd: str | Path, base: str) -> None:
+    """Record that the workspace's params.yaml, as an experiment left it, was made from ``base`` (the params
+    the experiment started from: the committed ones or edits of the user's), for :func:`from_baseline`."""
+    now = (Path(cwd) / "params.yaml").read_text()
+    if now == base:
+        return
+    path = Path(cwd) / BASES
+    bases = _bases(path)
+    bases.pop(_digest(now), None)
+    bases[_digest(now)] = base  # newest last; the 100 newest kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(dict(list(bases.items())[-100:]), indent=1))
+
+
 def from_baseline(cwd: str | Path = ".") -> None:
-    """Make presets apply to the committed params: after an experiment the workspace's params.yaml holds its
-    values, which a later preset (``gpu`` is empty) would otherwise inherit. Edits of your own are kept."""
+    """Make presets apply to the params an experiment started from: after it the workspace's params.yaml holds
+    its values, which a later preset (``gpu`` is empty) would otherwise inherit. Those are replaced by what the
+    experiment started from (:func:`remember_base`): the committed params, or your own edits of them, which are
+    kept, run after run; the committed ones when that is not known."""
     committed = committed_params(cwd)
-    if committed is not None:
-        (Path(cwd) / "params.yaml").write_text(committed)
+    if committed is None:
+        return
+    workspace = (Path(cwd) / "params.yaml").read_text()
+    base = _bases(Path(cwd) / BASES).get(_digest(workspace))
+    (Path(cwd) / "params.yaml").write_text(base if base is not None else committed)
+    if base is not None and base != committed:
+        log.info("params.yaml held an earlier experiment's values: starting from your edits it started from")
+    else:
         log.info("params.yaml held an earlier experiment's values: starting from the committed ones")
+
+
+def _bases(path: Path) -> dict[str, str]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: the committed params are the base
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def experiment_env(cwd: str | Path = ".") -> dict[str, str]:
@@ -114,7 +155,10 @@ def run_experiment(
     cmd = ["dvc", "exp", "run", "-n", name, *sets]
     log.info("%s", " ".join(cmd))
     env = {**experiment_env(cwd), "UNET_PRESET": preset}  # named in the model card
-    return stream(cmd, cwd, say, env=env, pass_fds=(fd,), stderr_only=True)[0]
+    base = (Path(cwd) / "params.yaml").read_text()
+    status = stream(cmd, cwd, say, env=env, pass_fds=(fd,), stderr_only=True)[0]
+    remember_base(cwd, base)
+    return status
 
 
 def user_edits(cwd: str | Path = ".") -> list[str]:
