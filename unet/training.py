@@ -198,7 +198,8 @@ def _resume(
     fit: resume state never crashes a run). A checkpoint written before rows were kept gives its own step's.
     Rank 0 alone reads checkpoints (on several hosts the others may not see them); every rank then starts from
     its state (:meth:`Distribution.broadcast`)."""
-    trainer, step, history = make_trainer(cfg, data, dist), 0, []
+    trainer, step = make_trainer(cfg, data, dist), 0
+    history: list[dict[str, float]] = []
     found = checkpoint.latest(checkpoints, key) if dist.chief else None
     if found:
         try:
