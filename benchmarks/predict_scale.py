@@ -1,9 +1,10 @@
 """``unet predict`` at scale: img/s and the peak RSS of the predict process for stacks of 10, 100 and 400
-synthetic 2048x2048 uint8 slices, with a model shaped like the ``cpu`` preset's (8 filters, depth 4,
-188 px input / 100 px output tiles) holding seeded random weights: throughput and memory do not depend on
-the weights. Each size runs the real console command in its own process; its peak RSS comes from
-``wait4``. Streaming means the peak RSS stays flat as the stack grows.
-Usage: ``python -m benchmarks.predict_scale [--sizes 10 100 400] [--side 2048] [--batch-size 8] [--name NAME]``.
+synthetic 2048x2048 uint8 slices, TIFF in and out and OME-Zarr (NGFF 0.5) in and out, with a model shaped like
+the ``cpu`` preset's (8 filters, depth 4, 188 px input / 100 px output tiles) holding seeded random weights:
+throughput and memory do not depend on the weights. Each size runs the real console command in its own process;
+its peak RSS comes from ``wait4``. Streaming means the peak RSS stays flat as the stack grows.
+Usage: ``python -m benchmarks.predict_scale [--sizes 10 100 400] [--side 2048] [--batch-size 8]
+[--formats tiff zarr] [--name NAME]``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ import numpy as np
 import tifffile
 
 from benchmarks._common import device_name, write
+from unet import omezarr
 from unet.config import ModelConfig
 from unet.geometry import output_size
 from unet.intensity import UINT8, with_intensity
@@ -35,14 +38,24 @@ MODEL = ModelConfig(base_filters=8, depth=4, tile=188, dropout=0.0)  # the cpu p
 
 
 def make_stack(path: Path, slices: int, side: int, seed: int = 0) -> None:
-    """Write ``slices`` pages of uniform uint8 noise, one page in memory at a time."""
+    """Write ``slices`` pages of uniform uint8 noise (a TIFF, or an OME-Zarr image for a ``.zarr`` path), one page
+    in memory at a time."""
     rng = np.random.default_rng(seed)
 
     def pages() -> Iterator[np.ndarray]:
         for _ in range(slices):
             yield rng.integers(0, 256, (side, side), np.uint8)
 
+    if path.suffix == ".zarr":
+        layout = omezarr.plain_layout(slices, side, side)
+        omezarr.write(path, pages(), layout, np.uint8, labels=False)
+        return
     tifffile.imwrite(path, pages(), shape=(slices, side, side), dtype=np.uint8, photometric="minisblack")
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory (an OME-Zarr image)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def run_predict(stack: Path, model: Path, out: Path, batch: int, log: Path) -> tuple[float, int, str]:
@@ -62,21 +75,23 @@ def run_predict(stack: Path, model: Path, out: Path, batch: int, log: Path) -> t
     return wall, int(usage.ru_maxrss), text
 
 
-def measure(slices: int, side: int, batch: int, model: Path, work: Path) -> dict[str, Any]:
-    stack, out = work / f"in{slices}.tif", work / f"out{slices}.tif"
+def measure(slices: int, side: int, batch: int, model: Path, work: Path, fmt: str = "tiff") -> dict[str, Any]:
+    suffix = ".ome.zarr" if fmt == "zarr" else ".tif"
+    stack, out = work / f"in{slices}{suffix}", work / f"out{slices}{suffix}"
     make_stack(stack, slices, side)
     try:
         wall, rss_kib, text = run_predict(stack, model, out, batch, work / f"predict{slices}.log")
-        out_gib = out.stat().st_size / 2**30
+        out_gib = _size(out) / 2**30
     finally:
-        stack.unlink(missing_ok=True)
-        out.unlink(missing_ok=True)
+        for p in (stack, out):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     done = re.search(r"in ([\d.]+) s \(([\d.e+-]+) img/s\)", text)
     if not done:
         raise RuntimeError(f"no summary line in the predict output: {text[-500:]}")
     tiles = math.ceil(side / (output_size(MODEL.tile, MODEL.depth) or 1)) ** 2  # tiles a slice
     predict_s = float(done.group(1))
     return {
+        "format": fmt,
         "slices": slices,
         "side": side,
         "batch": batch,
@@ -95,6 +110,7 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", type=int, default=[10, 100, 400], help="slices per stack")
     p.add_argument("--side", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--formats", nargs="+", choices=("tiff", "zarr"), default=["tiff", "zarr"], help="in and out")
     p.add_argument("--name", default="predict_scale")
     args = p.parse_args()
     rows = []
@@ -102,20 +118,33 @@ def main() -> None:
         work = Path(tmp)
         keras.utils.set_random_seed(0)
         with_intensity(build_unet(MODEL), UINT8).save(work / "model.keras")
-        for n in args.sizes:
-            rows.append(measure(n, args.side, args.batch_size, work / "model.keras", work))
-            r = rows[-1]
-            print(f"{n} slices: {r['img_s']:.3g} img/s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+        for fmt in args.formats:
+            for n in args.sizes:
+                rows.append(measure(n, args.side, args.batch_size, work / "model.keras", work, fmt))
+                r = rows[-1]
+                print(f"{fmt}, {n} slices: {r['img_s']:.3g} img/s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     meta = {
         "device": device_name(),
         "backend": keras.backend.backend(),
         "keras": keras.__version__,
         "cpus": os.cpu_count(),
         "model": "cpu preset shape (8 filters, depth 4, 188 -> 100 px tiles), seeded random weights",
-        "input": f"synthetic uint8 noise, {args.side}x{args.side} px a slice; output float32 probabilities",
+        "input": f"synthetic uint8 noise, {args.side}x{args.side} px a slice; output float32 probabilities; "
+        "format: TIFF in and out, or OME-Zarr (NGFF 0.5, one z-slice a chunk, zstd) in and out",
         "timing": "predict_s: from the models loaded to the output renamed; wall_s: the whole command",
     }
-    columns = ["slices", "side", "batch", "wall_s", "predict_s", "img_s", "tiles_s", "peak_rss_mib", "output_gib"]
+    columns = [
+        "format",
+        "slices",
+        "side",
+        "batch",
+        "wall_s",
+        "predict_s",
+        "img_s",
+        "tiles_s",
+        "peak_rss_mib",
+        "output_gib",
+    ]
     write(args.name, rows, [*columns, "bigtiff"], meta)
 
 

@@ -1,7 +1,8 @@
 """The ``unet`` console script. ``unet release EXP`` releases a DVC experiment (see :mod:`unet.release`).
-``unet predict IN OUT.tif`` turns a grey stack (multi-page TIFF or folder of slices) of any size into
-float32 foreground probabilities (1 = cell interior, the polarity of ``train-labels.tif``) or binary masks,
-by overlap-tile inference with one model or an ensemble, optionally with test-time augmentation, streamed
+``unet predict IN OUT.tif`` turns a grey stack (multi-page TIFF, folder of slices or OME-Zarr image) of any size
+into float32 foreground probabilities (1 = cell interior, the polarity of ``train-labels.tif``) or binary masks,
+written as a TIFF or (``OUT.ome.zarr``) an OME-Zarr image, or added as labels to an OME-Zarr input, by
+overlap-tile inference with one model or an ensemble, optionally with test-time augmentation, streamed
 page by page, with Keras or (``--engine onnx``) ONNX Runtime, which starts no Keras backend (see
 :mod:`unet.predict`).
 """
@@ -18,14 +19,14 @@ from pathlib import Path
 def predict(args: argparse.Namespace) -> None:
     import logging
 
-    from unet.io import DataError, check_outputs
-
     if args.models is None:
         args.models = [f"models/registered/model.{args.engine}"]
+    models: dict[str, str | Path] = {f"--models {m}": m for m in args.models}
     # before the backend starts: an output that would replace the input, a model or a directory is refused
-    if Path(args.output).is_dir():
-        raise DataError(f"{args.output}: output is a directory; name the output file (OUT.tif)")
-    check_outputs({"OUT": args.output}, {"IN": args.input, **{f"--models {m}": m for m in args.models}})
+    if args.labels_into_input:
+        _labels_into_input(args, models)
+    else:
+        _output(args, models)
     from unet.io import stack_info
     from unet.stages._cli import start_backend
 
@@ -45,13 +46,49 @@ def predict(args: argparse.Namespace) -> None:
         log_every=args.log_every,
         engine=args.engine,
         threads=args.threads,
+        label_name=args.label_name if args.labels_into_input else None,
     )
     kind = f"uint8 masks (threshold {args.threshold})" if args.threshold is not None else "float32 probabilities"
+    where = f"{args.input}/labels/{args.label_name}" if args.labels_into_input else args.output
     print(
-        f"unet predict: wrote {args.output}: {done['slices']}x{done['height']}x{done['width']} {kind}"
+        f"unet predict: wrote {where}: {done['slices']}x{done['height']}x{done['width']} {kind}"
         f"{' (BigTIFF)' if done['bigtiff'] else ''} in {done['seconds']:.1f} s ({done['img_per_s']:.3g} img/s)",
         file=sys.stderr,
     )
+
+
+def _output(args: argparse.Namespace, models: dict[str, str | Path]) -> None:
+    """Refuse a missing or badly named OUT, a directory that is not an OME-Zarr image, or one over an input."""
+    from unet.io import DataError, check_outputs, is_zarr
+    from unet.predict import output_format
+
+    if args.output is None:
+        raise DataError(f"{args.input}: no OUT given; name the output (OUT.tif, OUT.ome.zarr) or --labels-into-input")
+    out = Path(args.output)
+    if out.is_dir() and not (output_format(out) == "zarr" and is_zarr(out)):
+        raise DataError(
+            f"{out}: output is a directory; name the output file (OUT.tif) or OME-Zarr image (OUT.ome.zarr)"
+        )
+    output_format(out)
+    check_outputs({"OUT": args.output}, {"IN": args.input, **models})
+
+
+def _labels_into_input(args: argparse.Namespace, models: dict[str, str | Path]) -> None:
+    """Refuse --labels-into-input with OUT, without --threshold, on an input that is not OME-Zarr, or with a
+    label name the input already has."""
+    from unet import omezarr
+    from unet.io import DataError, check_outputs, is_zarr
+
+    if args.output is not None:
+        raise DataError(f"{args.output}: --labels-into-input writes into IN; give no OUT")
+    if args.threshold is None:
+        raise DataError(f"{args.input}: --labels-into-input needs --threshold (labels are masks)")
+    if not is_zarr(args.input):
+        raise DataError(f"{args.input}: --labels-into-input needs an OME-Zarr input (.zarr / .ome.zarr)")
+    if not args.label_name or "/" in args.label_name or args.label_name.startswith("."):
+        raise DataError(f"--label-name: invalid value {args.label_name!r}: a plain name such as unet")
+    check_outputs({"IN": args.input}, models)
+    omezarr.check_new_label(args.input, args.label_name, args.input)
 
 
 def release(args: argparse.Namespace) -> None:
@@ -84,8 +121,17 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("predict", help="segment a grey stack, page by page")
-    pr.add_argument("input", help="grey-value TIFF stack (N, H, W), single PNG/TIFF, or folder of slice images")
-    pr.add_argument("output", help="output TIFF: float32 probabilities, or uint8 masks with --threshold")
+    pr.add_argument(
+        "input",
+        help="grey-value TIFF stack (N, H, W), single PNG/TIFF, folder of slice images, or OME-Zarr image "
+        "(NGFF 0.4/0.5, level 0, one z-slice a chunk)",
+    )
+    pr.add_argument(
+        "output",
+        nargs="?",
+        help="OUT.tif: float32 probabilities, or uint8 masks (0/255) with --threshold; OUT.zarr / OUT.ome.zarr: "
+        "an OME-Zarr image with the input's axes and scale (masks as an NGFF labels image, 0/1)",
+    )
     pr.add_argument(
         "--models",
         nargs="+",
@@ -102,7 +148,15 @@ def parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=0, help="ONNX Runtime's threads per model call, 0: one per core (default: 0)"
     )
     pr.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
-    pr.add_argument("--threshold", type=float, help="write binary masks (0/255) at this probability")
+    pr.add_argument("--threshold", type=float, help="write binary masks (0/255; OME-Zarr: 0/1) at this probability")
+    pr.add_argument(
+        "--labels-into-input",
+        action="store_true",
+        help="with --threshold and an OME-Zarr input (and no OUT): add the masks to the input as the NGFF labels "
+        "image labels/NAME (see --label-name); the input's image arrays and metadata are not touched, and an "
+        "existing label of that name is refused",
+    )
+    pr.add_argument("--label-name", default="unet", help="name of the labels image (default: %(default)s)")
     pr.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default: %(default)s)")
     pr.add_argument(
         "--log-every",

@@ -1,9 +1,10 @@
 """Fetch the stacks from an ordered list of sources and accept each only if its pixels verify.
 
-Sources, in order: a local directory (each stack a TIFF ``name`` or a folder ``stem/`` of single-slice PNG/TIFF
-files in natural order), whole-stack base URLs (the file name is appended), and per-slice mirrors (one URL per
-slice, stacked in index order). A stack is accepted from the first source whose copy decodes as a grey-value stack
-and whose pixel sha256 matches (when one is configured), so any container or mirror layout works. Network transfers
+Sources, in order: a local directory (each stack a TIFF ``name``, a folder ``stem/`` of single-slice PNG/TIFF
+files in natural order, or an OME-Zarr image ``stem.ome.zarr``), whole-stack base URLs (the file name is
+appended), and per-slice mirrors (one URL per slice, stacked in index order). A stack is accepted from the first
+source whose copy decodes as a grey-value stack and whose pixel sha256 matches (when one is configured), so any
+container or mirror layout works. Network transfers
 are checked against their Content-Length and retried with backoff; a host that fails every attempt is skipped for
 the later files, and all failed attempts together may take at most ``download.budget_s`` seconds, so a network that
 answers nothing fails the stage in bounded time.
@@ -192,16 +193,21 @@ def _why(exc: BaseException | str) -> str:
 
 
 def from_local(local: Path, name: str, workdir: Path) -> tuple[str, Path]:
-    """The local copy of stack ``name``: the TIFF ``local/name`` or the slice folder ``local/stem/``."""
-    file, folder = local / name, local / PurePosixPath(name).stem
+    """The local copy of stack ``name``: the TIFF ``local/name``, the slice folder ``local/stem/`` or the OME-Zarr
+    image ``local/stem.ome.zarr`` (or ``stem.zarr``); exactly one of them."""
+    stem = PurePosixPath(name).stem
+    file, folder = local / name, local / stem
     if not local.is_dir():
         raise SourceFailed("no such directory")
-    if file.is_file() and folder.is_dir():
-        raise SourceFailed(f"both {name} and {folder.name}/ exist; keep one")
-    if folder.is_dir():
-        return f"{folder}/", folder
-    if not file.is_file():
-        raise SourceFailed(f"no such file (nor a slice folder {folder.name}/)")
+    found = [p for p in (file, folder, local / f"{stem}.ome.zarr", local / f"{stem}.zarr") if p.exists()]
+    if len(found) > 1:
+        shown = [p.name + "/" * p.is_dir() for p in found]
+        both = "both " * (len(found) == 2)
+        raise SourceFailed(f"{both}{', '.join(shown[:-1])} and {shown[-1]} exist; keep one")
+    if not found:
+        raise SourceFailed(f"no such file (nor a slice folder {folder.name}/ or OME-Zarr image {stem}.ome.zarr/)")
+    if found[0].is_dir():  # a slice folder or an OME-Zarr image: read in place, written as a TIFF
+        return f"{found[0]}/", found[0]
     shutil.copyfile(file, workdir / name)
     return str(file), workdir / name
 
@@ -250,7 +256,7 @@ def fetch_one(name: str, local: str | None, s: Session, workdir: Path) -> Fetche
                     f"pixel sha256 {digest[:12]}... != expected {expected[:12]}... "
                     "(download.pixel_sha256; {} accepts any stack)"
                 )
-            if path != tmp:  # a slice folder: data/raw holds multi-page TIFFs
+            if path != tmp:  # a slice folder or an OME-Zarr image: data/raw holds multi-page TIFFs
                 write_stack(tmp, arr)
             for failed in failures:  # said only when another source did it: else the error lists them all
                 log.warning("%s (used %s instead)", failed, where)

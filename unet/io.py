@@ -1,7 +1,8 @@
 """Stack I/O: decode grey stacks, check their structure, and write outputs atomically.
 
-A stack is a multi-page TIFF or a directory of single-slice PNG/TIFF files in natural sort order
-(``slice_2.png`` before ``slice_10.png``). :func:`read_stack` decodes one whole; :func:`iter_slices` yields
+A stack is a multi-page TIFF, a directory of single-slice PNG/TIFF files in natural sort order
+(``slice_2.png`` before ``slice_10.png``), or an OME-Zarr image (:mod:`unet.omezarr`: a ``.zarr`` directory, or
+any directory holding zarr metadata). :func:`read_stack` decodes one whole; :func:`iter_slices` yields
 it a slice at a time, so memory does not grow with the stack. Every problem with an input file is a
 :class:`DataError` whose message is one line naming the file.
 """
@@ -66,6 +67,11 @@ def stack_info(path: str | Path, *, name: str | None = None) -> StackInfo:
     more than one slice."""
     path = Path(path)
     label = name or str(path)
+    if is_zarr(path):
+        from unet import omezarr
+
+        with _store_errors():
+            return StackInfo(*omezarr.shape(path, label))
     if path.is_dir():
         files = slice_files(path, name=label)
         first = _read_file(files[0], f"{label}/{files[0].name}")
@@ -87,6 +93,13 @@ def iter_slices(path: str | Path, *, name: str | None = None) -> Iterator[np.nda
     """
     path = Path(path)
     label = name or str(path)
+    if is_zarr(path):
+        from unet import omezarr
+
+        with _store_errors():
+            for i, plane in enumerate(omezarr.iter_slices(path, label)):
+                yield check_stack(plane, f"{label} z-slice {i}")[0]
+        return
     info = stack_info(path, name=label)
     if path.is_dir():
         for f in slice_files(path, name=label):
@@ -109,6 +122,25 @@ def iter_slices(path: str | Path, *, name: str | None = None) -> Iterator[np.nda
             except (ValueError, OSError, IndexError, KeyError) as exc:
                 raise DataError(f"{label}: unreadable or truncated TIFF at slice {i} ({_first_line(exc)})") from exc
             yield check_stack(_checked(channels.grey, page, axes, label), f"{label} slice {i}")[0]
+
+
+def is_zarr(path: str | Path) -> bool:
+    """Whether ``path`` is read as OME-Zarr: a directory named ``*.zarr`` (``.ome.zarr``) or holding zarr
+    metadata (``zarr.json``, ``.zgroup``, ``.zattrs``); any other directory is a slice folder."""
+    path = Path(path)
+    markers = ("zarr.json", ".zgroup", ".zattrs", ".zarray")
+    return path.is_dir() and (path.suffix.lower() == ".zarr" or any((path / m).is_file() for m in markers))
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """A :class:`unet.omezarr.StoreError` as a :class:`DataError`."""
+    from unet.omezarr import StoreError
+
+    try:
+        yield
+    except StoreError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _pages(series: Any, slices: int) -> Iterator[tuple[Any, str]]:
@@ -140,7 +172,8 @@ def _checked(check: Any, *args: Any) -> Any:
 
 
 def read_stack(path: str | Path, *, name: str | None = None) -> np.ndarray:
-    """Decode a grey-value stack (multi-page TIFF or slice directory) to ``(N, H, W)`` (one page: ``N = 1``).
+    """Decode a grey-value stack (multi-page TIFF, slice directory or OME-Zarr image) to ``(N, H, W)``
+    (one page: ``N = 1``).
 
     Raises:
         DataError: missing, empty, truncated or non-TIFF/PNG file, colour/multichannel pages, non-numeric
@@ -148,7 +181,7 @@ def read_stack(path: str | Path, *, name: str | None = None) -> np.ndarray:
     """
     path = Path(path)
     label = name or str(path)
-    if path.is_dir():
+    if path.is_dir():  # a slice folder or an OME-Zarr image
         return check_stack(np.stack(list(iter_slices(path, name=label))), label)
     return _read_file(path, label)
 

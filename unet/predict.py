@@ -1,9 +1,10 @@
 """``unet predict``: a grey stack of any size to probability maps or masks, streamed page by page.
 
 Slices are decoded one at a time (:func:`unet.io.iter_slices`), their tiles batched across slices through
-the model or ensemble (:func:`unet.tiling.iter_predictions`), and each result appended to the output TIFF
-as soon as it is complete, so memory does not grow with the number of slices. The output appears only when
-every page is written (temporary file, then rename). The engine is Keras (either backend) or ONNX Runtime
+the model or ensemble (:func:`unet.tiling.iter_predictions`), and each result appended to the output TIFF, or
+written as one chunk of the output OME-Zarr image (:mod:`unet.omezarr`), as soon as it is complete, so memory
+does not grow with the number of slices. The output appears only when every slice is written (temporary file
+or directory, then rename). The engine is Keras (either backend) or ONNX Runtime
 (:class:`OnnxModel`), whose path imports neither Keras, TensorFlow nor JAX.
 """
 
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 import tifffile
 
-from unet.io import DataError, StackInfo, iter_slices, stack_info
+from unet import omezarr
+from unet.io import DataError, StackInfo, is_zarr, iter_slices, stack_info
 from unet.outputs import atomic_path
 from unet.tiling import TileModel, iter_predictions
 
@@ -155,9 +157,23 @@ class Progress:
             self.bar.close()
 
 
+def output_format(dest: str | Path) -> str:
+    """``tiff`` or ``zarr``, from the name of the output (``.tif``/``.tiff``, ``.zarr``/``.ome.zarr``).
+
+    Raises:
+        DataError: any other name.
+    """
+    suffix = Path(dest).suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return "tiff"
+    if suffix == ".zarr":
+        return "zarr"
+    raise DataError(f"{dest}: output must be a .tif/.tiff file or a .zarr/.ome.zarr OME-Zarr image")
+
+
 def predict_file(
     src: str | Path,
-    dest: str | Path,
+    dest: str | Path | None,
     models: Sequence[str | Path],
     *,
     batch_size: int = 8,
@@ -167,12 +183,17 @@ def predict_file(
     engine: str = "keras",
     threads: int = 0,
     optimization: str = "all",
+    label_name: str | None = None,
 ) -> dict[str, Any]:
-    """Segment the stack ``src`` (multi-page TIFF, single PNG/TIFF or directory of slices) into ``dest``.
+    """Segment the stack ``src`` (multi-page TIFF, single PNG/TIFF, directory of slices or OME-Zarr image) into
+    ``dest``.
 
-    Writes float32 foreground probabilities in [0, 1], or uint8 masks (0/255) above ``threshold``, one page per
-    slice, as BigTIFF when the output outgrows 4 GB. Several ``models`` are averaged. ``engine`` ``onnx`` runs
-    ``.onnx`` models with ONNX Runtime (``threads``, 0: one per core; ``optimization``: see :class:`OnnxModel`).
+    Writes float32 foreground probabilities in [0, 1], or masks above ``threshold``, one slice at a time: to a
+    TIFF (one page per slice, BigTIFF when the output outgrows 4 GB; masks 0/255) or, for a ``.zarr`` ``dest``,
+    an OME-Zarr image with the input's axes and scale (masks 0/1 as an NGFF labels image). ``label_name``
+    (with ``threshold``, an OME-Zarr ``src`` and no ``dest``) adds the masks to ``src`` as ``labels/<name>``
+    instead. Several ``models`` are averaged. ``engine`` ``onnx`` runs ``.onnx`` models with ONNX Runtime
+    (``threads``, 0: one per core; ``optimization``: see :class:`OnnxModel`).
 
     Returns:
         A summary: slices, height, width, dtype, bigtiff, seconds, img_per_s.
@@ -181,30 +202,59 @@ def predict_file(
         DataError: a bad input, output name or model file, before anything is written; or a slice that
             cannot be decoded, in which case no output is left.
     """
-    src, dest = Path(src), Path(dest)
-    if dest.suffix.lower() not in (".tif", ".tiff"):
-        raise DataError(f"{dest}: output must be a .tif/.tiff file")
+    src = Path(src)
+    kind = "labels" if label_name is not None else output_format(dest or "")
+    if kind == "labels":
+        if threshold is None:
+            raise DataError(f"{src}: labels need a threshold (they are masks)")
+        omezarr.check_new_label(src, label_name or "", str(src))
     info, slices = stack_info(src), iter_slices(src)
     model = load_models(models, info.dtype, engine, threads, optimization)
     out_dtype = np.dtype(np.uint8 if threshold is not None else np.float32)
-    bigtiff = needs_bigtiff(info, out_dtype)
+    bigtiff = kind == "tiff" and needs_bigtiff(info, out_dtype)
     progress = Progress(info.slices, log_every)
+    foreground = 255 if kind == "tiff" else 1  # NGFF labels: 0 background, 1 the object class
     t0 = time.monotonic()
 
     def pages() -> Iterator[np.ndarray]:
         for prob in iter_predictions(model, slices, batch_size, tta):
             progress.update()
-            yield (prob > threshold).astype(np.uint8) * 255 if threshold is not None else prob
+            yield (prob > threshold).astype(np.uint8) * foreground if threshold is not None else prob
 
     try:
-        with atomic_path(dest) as tmp:
-            shape = (info.slices, info.height, info.width) if info.slices > 1 else (info.height, info.width)
-            tifffile.imwrite(tmp, pages(), shape=shape, dtype=out_dtype, bigtiff=bigtiff, photometric="minisblack")
+        _write(kind, src, dest, label_name, pages(), info, out_dtype, bigtiff)
     finally:
         progress.close()
     seconds = time.monotonic() - t0
     size = {"slices": info.slices, "height": info.height, "width": info.width, "dtype": str(out_dtype)}
     return {**size, "bigtiff": bigtiff, "seconds": seconds, "img_per_s": info.slices / max(seconds, 1e-9)}
+
+
+def _write(
+    kind: str,
+    src: Path,
+    dest: str | Path | None,
+    label_name: str | None,
+    pages: Iterator[np.ndarray],
+    info: StackInfo,
+    dtype: np.dtype,
+    bigtiff: bool,
+) -> None:
+    """Write ``pages`` as ``kind`` says: a TIFF or OME-Zarr image at ``dest`` (atomically), or labels into ``src``."""
+    if kind == "labels":
+        omezarr.add_labels(src, label_name or "", pages, str(src))
+        return
+    with atomic_path(Path(dest or "")) as tmp:
+        if kind == "tiff":
+            shape = (info.slices, info.height, info.width) if info.slices > 1 else (info.height, info.width)
+            tifffile.imwrite(tmp, pages, shape=shape, dtype=dtype, bigtiff=bigtiff, photometric="minisblack")
+            return
+        layout = (
+            omezarr.layout_of(src, str(src))
+            if is_zarr(src)
+            else omezarr.plain_layout(info.slices, info.height, info.width)
+        )
+        omezarr.write(tmp, pages, layout, dtype, labels=dtype == np.uint8)  # uint8: masks, float32: probabilities
 
 
 def load_models(

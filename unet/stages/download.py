@@ -34,7 +34,7 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
             where = f"ISBI_DATA_DIR is set ({env}{over}): set it"
         raise DownloadError(
             f"{exc}; for a local copy {where} to a directory holding {names} "
-            "(each a TIFF stack or a folder of its slices)"
+            "(each a TIFF stack, a folder of its slices or an OME-Zarr image stem.ome.zarr)"
         ) from None
     log.info("wrote %s: %s", args.out, ", ".join(prov))
 
