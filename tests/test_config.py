@@ -20,7 +20,9 @@ def test_params_yaml_loads_and_the_committed_one_is_the_gpu_recipe():
     config.load(ROOT / "params.yaml")  # the workspace copy (maybe an experiment's) is valid too
     cfg = config.loads(project_params())
     isbi_ranges = config.ValidateConfig(min_foreground=0.3, max_foreground=0.95, min_relative_std=0.05)
-    isbi = dataclasses.replace(Config().register, dataset=cfg.register.dataset, foreground="cell interior")
+    isbi = dataclasses.replace(
+        Config().register, dataset=cfg.register.dataset, foreground="cell interior", authors=("unet-medical",)
+    )
     data = dataclasses.replace(Config().download, **{k: getattr(cfg.download, k) for k in ISBI_DOWNLOAD})
     assert cfg == Config(download=data, validate=isbi_ranges, register=isbi)  # the defaults: any data
     assert "ISBI 2012" in cfg.register.dataset

@@ -29,7 +29,9 @@ def evaluated(tmp: Path) -> list[str]:
 
 
 def registered(tmp: Path) -> list[str]:
-    return ["--out", str(tmp / "registered"), "--card", str(tmp / "card.json")]
+    """register's other arguments: its inputs for the package, and its outputs, under ``tmp``."""
+    ins = ["--raw", str(tmp / "raw"), "--overlays", str(tmp / "overlays")]
+    return [*ins, "--out", str(tmp / "registered"), "--package", str(tmp / "m.zip"), "--card", str(tmp / "card.json")]
 
 
 def cases(tmp: Path, isbi: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:

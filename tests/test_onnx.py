@@ -140,10 +140,18 @@ def test_onnx_engine_errors_are_one_line(models, tmp_path, capsys):
         assert not (tmp_path / "o.tif").exists()
 
 
-def test_onnx_packages_are_pinned_in_pyproject_and_both_locks_and_installed_at_those_pins():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pinned = dict(d.split("==") for d in deps if d.split("==")[0] in ("onnx", "onnxruntime", "tf2onnx"))
-    assert len(pinned) == 3
+# what takes the model out of Keras: ONNX, the bioimage.io package (and the pydantic its spec needs), OME-Zarr,
+# and the reader the tests check our OME-Zarr with
+ELSEWHERE = ("onnx", "onnxruntime", "tf2onnx", "bioimageio.core", "bioimageio.spec", "pydantic", "ome-zarr", "zarr")
+
+
+def test_packages_of_the_model_elsewhere_are_pinned_in_pyproject_and_both_locks_and_installed_at_those_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    pinned = {
+        name.replace(".", "-"): v for name, v in (d.split("==") for d in deps) if name in (*ELSEWHERE, "ngff-zarr")
+    }
+    assert len(pinned) == len(ELSEWHERE) + 1, pinned
     for lock in ("constraints.txt", "constraints-gpu.txt"):
         text = (ROOT / lock).read_text()
         assert {k: re.search(rf"^{k}==(\S+)$", text, re.M)[1] for k in pinned} == pinned, lock

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet import config
+from unet import bioimageio, config
 from unet.folds import check_partition
 from unet.io import pixel_sha256
 from unet.metrics import METRICS
@@ -133,6 +133,11 @@ def test_experiments_compare_fold_by_fold_and_leave_history_alone(isbi, tmp_path
     assert "optimistic" in card["caveat"] and "± " in card["description"]
     assert "cell interior" in card["description"] and "ISBI 2012" in card["description"]
     assert card["trained"] == {"experiment": "cpu", "preset": "cpu", "steps": 20, "commit": head}, card["trained"]
+    package = repo / "models" / "bioimageio.zip"  # the BioImage Model Zoo package: its own DVC output
+    assert card["files"]["bioimageio"] == "models/bioimageio.zip"
+    assert card["sha256_of"]["bioimageio.zip"] == hashlib.sha256(package.read_bytes()).hexdigest()
+    bioimageio.check_package(package)  # bioimageio.core's model test, every weight format in the package
+    assert "bioimageio.core's model test passed" in r.stderr and "| INFO" not in r.stdout + r.stderr
     assert not run(repo, "git", "status", "--porcelain", "dvc.yaml").stdout  # register wrote only its outs
     assert run(repo, "git", "check-ignore", "-q", "metrics/fold0.json").returncode != 0  # git tracks metrics
     assert run(repo, "git", "check-ignore", "-q", "plots/overlays").returncode == 0  # DVC caches images

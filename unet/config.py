@@ -218,6 +218,8 @@ class RegisterConfig:
     stage: str = "dev"
     dataset: str = "an unnamed data set"  # what the model was trained on, for its card and release
     foreground: str = "foreground"  # what label 1 (white) means in that data, e.g. cell interior
+    authors: tuple[str, ...] = ("the model's trainers",)  # of the bioimage.io package
+    license: str = "CC-BY-4.0"  # SPDX id of the bioimage.io package's licence
 
     def __post_init__(self) -> None:
         check_choices(self, "register")
@@ -225,6 +227,8 @@ class RegisterConfig:
         check(ok, "register.name", self.name, "must be letters, digits and '-'")
         for key in ("dataset", "foreground"):
             check(bool(getattr(self, key).strip()), f"register.{key}", getattr(self, key), "must not be empty")
+        ok = bool(self.authors) and all(a.strip() for a in self.authors)
+        check(ok, "register.authors", self.authors, "must name at least one author, none empty")
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -120,6 +123,17 @@ def export_onnx(model: keras.Model, path: str | Path) -> dict[str, str]:
     Input ``grey`` (batch, height, width, 1) float32 raw grey values (the model's own intensity map is in the
     graph), output ``logits`` (batch, height - 2 halo, width - 2 halo, 2).
     """
+    meta = onnx_metadata(model)
+    convert_onnx(model, path, meta, output=("logits", "out_h", "out_w"))
+    return meta
+
+
+def convert_onnx(model: keras.Model, path: str | Path, metadata: dict[str, str], output: tuple[str, str, str]) -> int:
+    """Convert ``model`` (TensorFlow backend, one (batch, h, w, 1) float32 input named ``grey``) to an ONNX
+    file with dynamic batch and spatial sides, ``metadata`` as its metadata_props; return its opset.
+
+    ``output``: the output's name and the names of its dynamic height and width.
+    """
     import onnx
     import tensorflow as tf
 
@@ -130,7 +144,8 @@ def export_onnx(model: keras.Model, path: str | Path) -> dict[str, str]:
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # numpy's note on the np.object Keras probes
         try:
-            model.export(str(tmp), format="onnx", input_signature=[spec], verbose=False)
+            with _quiet_stderr():
+                model.export(str(tmp), format="onnx", input_signature=[spec], verbose=False)
         except Exception as exc:  # any converter failure: try tf2onnx itself, which raises its own error
             # Keras wraps tf2onnx with its own numpy-2 patches and endpoint tracking; should that layer fail
             # (a Keras/tf2onnx version skew), convert the model's call as a tf.function with the same signature
@@ -139,30 +154,45 @@ def export_onnx(model: keras.Model, path: str | Path) -> dict[str, str]:
 
             sig = (tf.TensorSpec((None, None, None, 1), tf.float32, name="grey"),)
             fn = tf.function(lambda x: model(x, training=False), input_signature=sig)
-            tf2onnx.convert.from_function(fn, input_signature=sig, output_path=str(tmp))
+            with _quiet_stderr():
+                tf2onnx.convert.from_function(fn, input_signature=sig, output_path=str(tmp))
         proto = onnx.load(str(tmp))
-        _name_dims(proto)
-        meta = onnx_metadata(model)
-        onnx.helper.set_model_props(proto, meta)
+        _name_dims(proto, output)
+        onnx.helper.set_model_props(proto, metadata)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-    return meta
+    return next(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _name_dims(proto) -> None:  # type: ignore[no-untyped-def]
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: tf2onnx's grappler pass logs "Starting new session" at INFO through
+    absl's C++ logging, below any Python filter (4 lines a conversion). Exceptions still propagate."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _name_dims(proto, output: tuple[str, str, str]) -> None:  # type: ignore[no-untyped-def]
     """tf2onnx names the dynamic dimensions unk__N and the output Identity:0: give them names a user reads."""
-    graph = proto.graph
+    graph, name = proto.graph, output[0]
     old = graph.output[0].name
     for node in graph.node:
-        node.output[:] = ["logits" if o == old else o for o in node.output]
-        node.input[:] = ["logits" if i == old else i for i in node.input]
-    graph.output[0].name = "logits"
+        node.output[:] = [name if o == old else o for o in node.output]
+        node.input[:] = [name if i == old else i for i in node.input]
+    graph.output[0].name = name
     for value, names in (
         (graph.input[0], ("batch", "height", "width")),
-        (graph.output[0], ("batch", "out_h", "out_w")),
+        (graph.output[0], ("batch", *output[1:])),
     ):
-        for dim, name in zip(value.type.tensor_type.shape.dim, names, strict=False):
-            dim.dim_param = name
+        for dim, dim_name in zip(value.type.tensor_type.shape.dim, names, strict=False):
+            dim.dim_param = dim_name
 
 
 def check_onnx(path: str | Path, model: keras.Model, x: np.ndarray, atol: float = 1e-4) -> float:

@@ -87,3 +87,52 @@ def card(
         "files": files,
         "sha256_of": digests or {"model.keras": digest},
     }
+
+
+def page(card: dict[str, Any], geometry: dict[str, int], test_slice: int) -> str:
+    """The card as the bioimage.io package's documentation page (markdown): the data, the cross-validated
+    scores and their protocol, the caveat, and how to run the package. ``geometry``: the model's tiles
+    (:func:`unet.bioimageio.tile_sizes`); ``test_slice``: the held-out slice the test tile was cut from."""
+    cv = card["cross_validated"]
+    rows = "\n".join(f"| {m} | {v['mean']:.4f} ± {v['std']:.4f} |" for m, v in cv.items() if isinstance(v, dict))
+    g = geometry
+    return f"""# {card["name"]}
+
+{card["description"]}
+
+## Training data
+{card["dataset"]}: grey images with binary labels, label 1 = {card["foreground"]}. The model outputs the
+probability of {card["foreground"]} for each pixel.
+
+## Validation
+{cv["folds"]}-fold cross-validation: the slices are partitioned into {cv["folds"]} folds, a model is trained on
+each fold's training slices and scored on its own held-out slices only; the table shows the mean ± standard
+deviation over folds. `vrand`, `vinfo` and `pixel_error` follow the ISBI 2012 challenge's own code: V_rand and
+V_info (foreground-restricted Rand and information-theoretic scores after border thinning) and the pixel error
+(1 - the best pixel F-score), each at the one threshold for the whole stack that the challenge's protocol
+picks; `vrand_fixed`, `vinfo_fixed` are the same at one fixed threshold (the evaluate stage's, 0.5 by default);
+`soft_dice` is the soft Dice of the probabilities. Lower is better for `pixel_error`, higher for the others.
+
+| metric | mean ± std over folds |
+|---|---|
+{rows}
+
+{card["caveat"]}
+
+The test tensors are a tile of held-out slice {test_slice} of fold {card["folds"][0]}.
+
+## How to use
+The input is the raw grey values of a 2D image (the stack's own data type; the preprocessing maps them to the
+network's scale), axes batch, y, x, channel. Any side of {g["min"]} + {g["step"]}·n px is accepted. Each side
+of the network's output loses {g["halo"]} px of context: the output is declared with a halo of {g["halo"]} px,
+so bioimage.io tools pad each input block by it (symmetrically) and crop it from the output. Blocks of the
+model's own tile ({g["tile"]} px, for images at least that large) follow the grid of the project's overlap-tile
+prediction (`unet predict`), all but the last block of each axis. For example with bioimageio.core in Python:
+
+```python
+from bioimageio.core import predict
+blocks = {{"grey": {{"y": {g["tile"]}, "x": {g["tile"]}}}}}
+sample = predict(model="bioimageio.zip", inputs=image[None, :, :, None], input_block_shape=blocks)
+probability = sample.members["probability"].data.values[0, :, :, 0]  # image: (h, w) raw grey values
+```
+"""

@@ -1,8 +1,9 @@
 """register stage: export the best fold's model (or the all-fold ensemble) to ``models/registered/``.
 
 Writes exactly its declared outputs: ``model.keras`` (+ ``saved_model/`` and ``model.onnx``, checked against
-Keras with ONNX Runtime, on TensorFlow) under ``--out`` and the model card ``--card`` (which names each file
-and its sha256), whose scores are the cross-validated mean and std over folds. Releasing the model (a branch
+Keras with ONNX Runtime, on TensorFlow) under ``--out``, the BioImage Model Zoo package ``--package`` (tested
+with bioimageio.core's own model test) and the model card ``--card`` (which names each file and its sha256),
+whose scores are the cross-validated mean and std over folds. Releasing the model (a branch
 plus GTO version and stage tags) is a separate, explicit command: ``unet release``.
 """
 
@@ -13,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +57,50 @@ def main(args: argparse.Namespace, cfg: Config) -> None:
     card = registry.card(
         cfg.register, per_fold, folds, digests["model.keras"], paths, provenance(cfg), evaluation, digests
     )
+    package(args, cfg, model, card, evaluation)
+    paths = {**paths, "bioimageio": args.package}
+    digests[Path(args.package).name] = sha256(args.package)
+    card = registry.card(
+        cfg.register, per_fold, folds, digests["model.keras"], paths, provenance(cfg), evaluation, digests
+    )
     write_json(args.card, {**card, "params": to_dict(cfg)})
     log.info("%s -> %s", card["description"], out)
     log.info("%s", card["caveat"])
+
+
+def package(args: argparse.Namespace, cfg: Config, model: Any, card: dict[str, Any], evaluation: dict) -> None:
+    """Write the BioImage Model Zoo package, its test tile cut from the chosen fold's first held-out slice,
+    and run bioimageio.core's model test on it (the ONNX weights where there are, else Keras's)."""
+    from unet import registry
+    from unet.bioimageio import (
+        check_package,
+        cover,
+        quiet_library_logs,
+        sample_side,
+        tile_sizes,
+        write_package,
+    )
+    from unet.io import read_stack
+
+    quiet_library_logs()
+    fold = fold_name(card["folds"][0])
+    held_out = evaluation["folds"][fold]["slices"][0]
+    image = read_stack(Path(args.raw) / cfg.download.images[0])[held_out]
+    side = sample_side(model, image.shape)
+    y, x = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    tile = image[y : y + side, x : x + side]
+    doc = registry.page(card, tile_sizes(model), held_out)
+    t0 = time.monotonic()
+    written = write_package(model, args.package, cfg.register, tile, doc, cover(Path(args.overlays), fold, tile))
+    t1 = time.monotonic()
+    check_package(args.package, ["onnx"] if "onnx" in written["weights"] else ["keras_v3"])
+    log.info(
+        "%s: bioimage.io package (%s weights) written in %.1f s; bioimageio.core's model test passed in %.1f s",
+        args.package,
+        " and ".join(written["weights"]),
+        t1 - t0,
+        time.monotonic() - t1,
+    )
 
 
 def sha256(path: str | Path) -> str:
@@ -86,5 +129,8 @@ if __name__ == "__main__":
     p.add_argument("--evaluation", required=True, help="evaluate's report (slices per fold)")
     p.add_argument("--models", required=True, help="directory of fold<k>/model.keras")
     p.add_argument("--out", required=True, help="directory of the registered model")
+    p.add_argument("--raw", required=True, help="directory of the raw stacks (the package's test tile)")
+    p.add_argument("--overlays", required=True, help="evaluate's overlay PNGs (the package's cover)")
+    p.add_argument("--package", required=True, help="the BioImage Model Zoo package (zip)")
     p.add_argument("--card", required=True, help="the model card (JSON)")
-    _cli.run("register", main, p.parse_args(), outputs=("out", "card"))
+    _cli.run("register", main, p.parse_args(), outputs=("out", "card", "package"))
