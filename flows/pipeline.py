@@ -28,7 +28,7 @@ from unet.devices import fold_queues, granted
 from unet.io import natural_key
 from unet.metrics import METRICS
 from unet.ops.dvcfiles import stage_option
-from unet.ops.experiments import experiment_env, from_baseline, remember_base
+from unet.ops.experiments import expect_base, experiment_env, from_baseline, remember_base
 from unet.ops.recovery import exclusive
 from unet.ops.runner import git
 from unet.presets import apply, gpu_count, overrides
@@ -50,6 +50,7 @@ def set_params(repo: str, values: dict[str, Any]) -> None:
     from_baseline(repo)
     if values:
         base = (Path(repo) / "params.yaml").read_text()
+        expect_base(repo, base)
         apply(Path(repo) / "params.yaml", values)
         remember_base(repo, base)
         get_run_logger().info("params.yaml (workspace): %s", ", ".join(f"{k}={v}" for k, v in values.items()))

@@ -36,9 +36,17 @@ AXES = {
 SCALE = {"z": 0.05, "y": 0.004, "x": 0.004, "c": 1.0, "t": 1.0}
 
 
-def ngff_store(path: Path, arr: np.ndarray, axes: str, version: str, chunks: tuple[int, ...] | None = None) -> Path:
+def ngff_store(
+    path: Path,
+    arr: np.ndarray,
+    axes: str,
+    version: str,
+    chunks: tuple[int, ...] | None = None,
+    top: list[dict] | None = None,
+) -> Path:
     """An NGFF image written with zarr-python and the metadata of the spec's own examples (not ome-zarr-py, which
-    we write with): level 0 at ``s0`` plus a 2x-downsampled level ``s1`` that must be ignored."""
+    we write with): level 0 at ``s0`` plus a 2x-downsampled level ``s1`` that must be ignored; ``top``: the
+    transformations of the whole multiscales (applied after each level's)."""
     v3 = version == "0.5"
     group = zarr.open_group(str(path), mode="w", zarr_format=3 if v3 else 2)
     datasets = []
@@ -53,6 +61,8 @@ def ngff_store(path: Path, arr: np.ndarray, axes: str, version: str, chunks: tup
         scale = [SCALE[ax] * (factor if ax in "yx" else 1) for ax in axes]
         datasets.append({"path": level, "coordinateTransformations": [{"type": "scale", "scale": scale}]})
     ms = {"axes": [AXES[a] for a in axes], "datasets": datasets, "name": "em"}
+    if top:
+        ms["coordinateTransformations"] = top
     if v3:
         group.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
     else:
@@ -128,9 +138,8 @@ def test_tiff_to_ome_zarr_probabilities_and_labels_read_back_with_ngff_zarr(setu
     d, _, images = setup
     tifffile.imwrite(tmp_path / "in.tif", images, photometric="minisblack")
     predict(tmp_path / "in.tif", tmp_path / "p.tif", model=d / "m.keras")
-    (tmp_path / "p.zarr").mkdir()  # an earlier run's store is replaced; a plain folder would be refused
-    (tmp_path / "p.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
-    predict(tmp_path / "in.tif", tmp_path / "p.zarr", model=d / "m.keras")
+    predict(tmp_path / "in.tif", tmp_path / "p.zarr", "--threshold", "0.5", model=d / "m.keras")
+    predict(tmp_path / "in.tif", tmp_path / "p.zarr", model=d / "m.keras")  # our own earlier output: replaced
     predict(tmp_path / "in.tif", tmp_path / "mask.ome.zarr", "--threshold", "0.5", model=d / "m.keras")
     prob = tifffile.imread(tmp_path / "p.tif")
     image = ngff_zarr.from_ngff_zarr(str(tmp_path / "p.zarr")).images[0]
@@ -203,6 +212,59 @@ def test_a_bad_store_is_one_line_naming_it_and_leaves_no_output(setup, tmp_path,
     assert len(err) == 1 and err[0].startswith(f"unet predict: error: {store}") and expect in err[0], err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert tree(store, skip="") == before and not (store / "labels").exists()
+
+
+def test_an_existing_output_is_replaced_only_when_unet_predict_wrote_it(setup, tmp_path, capsys):
+    d, _, images = setup
+    tifffile.imwrite(tmp_path / "in.tif", images, photometric="minisblack")
+    (tmp_path / "mine.zarr").mkdir()
+    (tmp_path / "mine.zarr" / "notes.txt").write_text("my notes\n")  # a folder that happens to end in .zarr
+    ngff_store(tmp_path / "theirs.ome.zarr", images, "zyx", "0.5")  # somebody else's image
+    (tmp_path / "file.zarr").write_text("a file\n")
+    ours = tmp_path / "ours.ome.zarr"
+    predict(tmp_path / "in.tif", ours, model=d / "m.keras")
+    predict(ours, "--threshold", "0.5", "--labels-into-input", model=d / "m.keras")  # labels added: now theirs
+    capsys.readouterr()
+    for dest in (tmp_path / "mine.zarr", tmp_path / "theirs.ome.zarr", tmp_path / "file.zarr", ours):
+        before = tree(dest, skip="") if dest.is_dir() else dest.read_text()
+        with pytest.raises(SystemExit):
+            predict(tmp_path / "in.tif", dest, model=d / "m.keras")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not an OME-Zarr image unet predict wrote" in err[-1], err
+        assert (tree(dest, skip="") if dest.is_dir() else dest.read_text()) == before, dest
+
+
+def test_multiscales_transformations_are_kept_in_what_we_write(setup, tmp_path):
+    d, _, images = setup
+    top = [{"type": "scale", "scale": [2.0, 0.5, 0.5]}, {"type": "translation", "translation": [1.0, 10.0, 20.0]}]
+    store = ngff_store(tmp_path / "in.ome.zarr", images, "zyx", "0.4", top=top)
+    predict(store, tmp_path / "p.ome.zarr", model=d / "m.keras")
+    predict(store, "--threshold", "0.5", "--labels-into-input", model=d / "m.keras")
+    for written in (tmp_path / "p.ome.zarr", store / "labels" / "unet"):
+        image = ngff_zarr.from_ngff_zarr(str(written)).images[0]
+        assert image.scale == pytest.approx({"z": 0.1, "y": 0.002, "x": 0.002}), written  # level 0's, then top's
+        assert image.translation == pytest.approx({"z": 1.0, "y": 10.0, "x": 20.0}), written
+
+
+def test_labels_left_unlisted_by_a_killed_run_are_replaced_and_anybody_elses_refused(setup, tmp_path, capsys):
+    d, _, images = setup
+    store = ngff_store(tmp_path / "in.ome.zarr", images, "zyx", "0.5")
+    predict(store, "--threshold", "0.5", "--labels-into-input", model=d / "m.keras")
+    done = tree(store / "labels" / "unet", skip="")
+    labels = zarr.open_group(str(store / "labels"), mode="a")
+    labels.attrs["ome"] = {**labels.attrs["ome"], "labels": []}  # killed after the rename, before the listing
+    predict(store, "--threshold", "0.5", "--labels-into-input", model=d / "m.keras")
+    assert zarr.open_group(str(store / "labels"), mode="r").attrs["ome"]["labels"] == ["unet"]
+    assert tree(store / "labels" / "unet", skip="") == done
+    assert [p.name for p in tmp_path.iterdir()] == ["in.ome.zarr"]  # no temporary folder left beside the store
+    capsys.readouterr()
+    (store / "labels" / "cells").mkdir()  # somebody else's, unlisted
+    (store / "labels" / "cells" / "notes.txt").write_text("mine\n")
+    with pytest.raises(SystemExit):
+        predict(store, "--threshold", "0.5", "--labels-into-input", "--label-name", "cells", model=d / "m.keras")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "labels/cells exists" in err[0], err
+    assert (store / "labels" / "cells" / "notes.txt").read_text() == "mine\n"
 
 
 def test_output_names_and_labels_into_input_misuse_are_one_line_errors(setup, tmp_path, capsys):

@@ -137,7 +137,7 @@ def test_a_rerun_is_a_no_op_only_for_the_same_params_and_code_and_never_over_the
 
 
 def test_a_preset_run_after_an_experiment_starts_from_the_users_edits_not_the_committed_params(tmp_path, monkeypatch):
-    from unet.ops.experiments import run_experiment
+    from unet.ops.experiments import expect_base, run_experiment
 
     monkeypatch.setenv("PATH", git_env()["PATH"])  # dvc of this environment
     repo = toy_repo(tmp_path)
@@ -150,6 +150,13 @@ def test_a_preset_run_after_an_experiment_starts_from_the_users_edits_not_the_co
             assert run_experiment(name, ["-S", f"p={p}"], repo, fd, "cpu", lambda line: None) == 0
             assert (repo / "params.yaml").read_text() == f"p: {p}\nq: 7  # my own data's setting\n", name
             assert (repo / "a.txt").read_text() == str(p)
+        # killed once DVC had committed the experiment, before the run recorded its base: the pending one serves
+        (repo / "params.yaml").write_text(committed + "q: 8\n")
+        expect_base(repo, (repo / "params.yaml").read_text())
+        r = subprocess.run(["dvc", "exp", "run", "-n", "w", "-S", "p=5"], cwd=repo, env=git_env(), capture_output=True)
+        assert r.returncode == 0 and (repo / "params.yaml").read_text() == "p: 5\nq: 8\n", r.stderr
+        assert run_experiment("y", ["-S", "p=3"], repo, fd, "cpu", lambda line: None) == 0
+        assert (repo / "params.yaml").read_text() == "p: 3\nq: 8\n"
         (repo / "params.yaml").write_text(committed)  # back to the committed params by hand: they are the base
         assert run_experiment("z", ["-S", "p=4"], repo, fd, "cpu", lambda line: None) == 0
         assert (repo / "params.yaml").read_text() == "p: 4\n"

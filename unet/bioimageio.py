@@ -158,6 +158,7 @@ def write_package(
     tile: np.ndarray,
     documentation: str,
     cover: np.ndarray,
+    check: bool = False,
 ) -> dict[str, Any]:
     """Write the zipped package of ``model`` (registered: raw grey in, logits out) to ``dest``.
 
@@ -165,6 +166,8 @@ def write_package(
         tile: the test input, raw grey values (h, w) of an admissible side cut from a held-out slice.
         documentation: the package's documentation page (markdown), whose first paragraph after its title is
             the package's description. cover: its cover image (RGB, 1:1 or 2:1).
+        check: run bioimageio.core's model test (:func:`check_package`; the ONNX weights where there are, else
+            Keras's) on the package before it becomes ``dest``: a package that fails it is never left there.
 
     Returns:
         The weight formats written (``weights``) and the model's tiles (:func:`tile_sizes`).
@@ -204,6 +207,8 @@ def write_package(
         )
         with ValidationContext(perform_io_checks=True), atomic_path(dest) as out:
             save_bioimageio_package(descr, output_path=out)
+            if check:
+                check_package(out, ["onnx"] if "onnx" in weights else ["keras_v3"])
     return {"weights": sorted(weights), **geometry}
 
 

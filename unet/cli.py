@@ -58,18 +58,14 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def _output(args: argparse.Namespace, models: dict[str, str | Path]) -> None:
-    """Refuse a missing or badly named OUT, a directory that is not an OME-Zarr image, or one over an input."""
-    from unet.io import DataError, check_outputs, is_zarr
-    from unet.predict import output_format
+    """Refuse a missing or badly named OUT, an existing directory that unet predict did not write, or an OUT
+    over an input."""
+    from unet.io import DataError, check_outputs
+    from unet.predict import check_output
 
     if args.output is None:
         raise DataError(f"{args.input}: no OUT given; name the output (OUT.tif, OUT.ome.zarr) or --labels-into-input")
-    out = Path(args.output)
-    if out.is_dir() and not (output_format(out) == "zarr" and is_zarr(out)):
-        raise DataError(
-            f"{out}: output is a directory; name the output file (OUT.tif) or OME-Zarr image (OUT.ome.zarr)"
-        )
-    output_format(out)
+    check_output(args.output)
     check_outputs({"OUT": args.output}, {"IN": args.input, **models})
 
 
@@ -107,7 +103,7 @@ def release(args: argparse.Namespace) -> None:
     if shown.returncode != 0:
         raise ValueError(f"experiment {args.experiment}: no params.yaml in its commit {sha[:7]}")
     cfg = config.loads(shown.stdout, f"{args.experiment}:params.yaml").register
-    card = args.card or stage_option(repo, "register", "--card")
+    card = args.card or stage_option(repo, "register", "--card", rev=sha)  # where that commit's stage wrote it
     out = release(repo, args.experiment, cfg.name, args.stage or cfg.stage, card)
     print(json.dumps(out))
 

@@ -13,7 +13,9 @@ problem with a store is a one-line :class:`StoreError` naming it (a :class:`unet
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from unet.outputs import atomic_path
+from unet.outputs import fsync_dir, fsync_tree
 
 logging.getLogger("ome_zarr").setLevel(logging.ERROR)  # its warnings (version detection) are not the user's
 
 DEFAULT_VERSION = "0.5"  # what ome-zarr-py writes by default; an OME-Zarr input's own version wins
+MARK = "unet"  # an attribute beside "ome"/"multiscales" in what unet predict writes: only such a store is replaced
 FOREGROUND = {"label-value": 1, "class": "foreground (the training labels' larger value)"}
 COLOURS = [{"label-value": 1, "rgba": [255, 0, 0, 255]}]
 
@@ -97,6 +100,10 @@ def open_image(path: str | Path, label: str) -> tuple[Any, Layout]:
         spec = next(s for s in node.specs if isinstance(s, Multiscales))
         arr = zarr.open_array(str(Path(path) / spec.datasets[0]), mode="r")
         transforms = (node.metadata.get("coordinateTransformations") or [[]])[0] or []
+        # NGFF also allows transformations of the whole multiscales, applied after each level's: folded into
+        # level 0's, so what we write keeps the input's physical scale
+        top = loc.root_attrs["multiscales"][0].get("coordinateTransformations") or []
+        transforms = compose(transforms, top, label)
         layout = Layout(tuple(node.metadata["axes"]), tuple(arr.shape), tuple(transforms), loc.version)
     except StoreError:
         raise
@@ -104,6 +111,36 @@ def open_image(path: str | Path, label: str) -> tuple[Any, Layout]:
         raise StoreError(f"{label}: unreadable OME-Zarr metadata ({_first_line(exc)})") from exc
     _check(arr, layout, label)
     return arr, layout
+
+
+def compose(level: list[dict[str, Any]], top: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    """The scale (and translation) of ``level``'s transformations followed by ``top``'s, as one scale and one
+    translation (none where both have none).
+
+    Raises:
+        StoreError: a transformation other than ``identity``, ``scale`` and ``translation`` given as values.
+    """
+    if not top:
+        return list(level)
+    scale: list[float] | None = None
+    shift: list[float] | None = None
+    for t in [*level, *top]:
+        kind = t.get("type")
+        if kind == "identity":
+            continue
+        values = t.get(kind) if kind in ("scale", "translation") else None
+        if values is None:
+            raise StoreError(f"{label}: coordinate transformation {t} is not supported (scale, translation)")
+        n = len(values)
+        scale, shift = scale or [1.0] * n, shift or [0.0] * n
+        if kind == "scale":
+            scale = [a * b for a, b in zip(scale, values, strict=True)]
+            shift = [a * b for a, b in zip(shift, values, strict=True)]
+        else:
+            shift = [a + b for a, b in zip(shift, values, strict=True)]
+    out: list[dict[str, Any]] = [{"type": "scale", "scale": scale}] if scale else []
+    has_shift = any(t.get("type") == "translation" for t in [*level, *top])
+    return out + ([{"type": "translation", "translation": shift}] if has_shift and shift else [])
 
 
 def _check(arr: Any, layout: Layout, label: str) -> None:
@@ -179,10 +216,24 @@ def write(path: str | Path, planes: Iterable[np.ndarray], layout: Layout, dtype:
     write_multiscales_metadata(group, datasets, fmt=fmt, axes=[dict(a) for a in layout.axes], name=Path(path).name)
     if labels:
         add_metadata(group, {"image-label": {"version": fmt.version, "colors": COLOURS, "properties": [FOREGROUND]}})
+    group.attrs[MARK] = {"written_by": "unet predict"}
+
+
+def ours(path: str | Path) -> bool:
+    """Whether ``path`` is an OME-Zarr image that ``unet predict`` wrote and nothing added labels to since:
+    the only kind of existing store it replaces."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        return MARK in group.attrs and not (Path(path) / "labels").exists()
+    except Exception:  # not a zarr group at all
+        return False
 
 
 def check_new_label(store: str | Path, name: str, label: str) -> None:
-    """Refuse, before any work, a ``labels/name`` that the OME-Zarr image ``store`` already has.
+    """Refuse, before any work, a ``labels/name`` that the OME-Zarr image ``store`` already has (one that an
+    interrupted ``unet predict`` wrote but had not listed yet is replaced).
 
     Raises:
         StoreError: ``store`` is not a readable OME-Zarr image, or ``labels/name`` is listed or exists.
@@ -191,15 +242,27 @@ def check_new_label(store: str | Path, name: str, label: str) -> None:
     listed = _listed(Path(store) / "labels")
     if name in listed:
         raise StoreError(f"{label}: labels/{name} exists; choose another --label-name (nothing is overwritten)")
-    if (Path(store) / "labels" / name).exists():
-        raise StoreError(f"{label}: labels/{name} exists but is not listed (an interrupted run?); remove it first")
+    if (Path(store) / "labels" / name).exists() and not _unlisted_ours(Path(store) / "labels" / name):
+        raise StoreError(f"{label}: labels/{name} exists (not written by unet predict); choose another --label-name")
+
+
+def _unlisted_ours(path: Path) -> bool:
+    import zarr
+
+    try:
+        return MARK in zarr.open_group(str(path), mode="r").attrs
+    except Exception:  # not a zarr group: somebody else's
+        return False
 
 
 def add_labels(store: str | Path, name: str, planes: Iterable[np.ndarray], label: str) -> None:
     """Add ``planes`` (0/1 masks) as the NGFF labels image ``labels/name`` of the image ``store``.
 
-    The image's arrays and metadata are not touched. The labels image is written under a temporary name and
-    renamed into place, and only then listed in ``labels/``'s metadata, so readers never see a partial one.
+    The image's arrays and metadata are not touched. The labels image is written beside the store (its
+    temporary folder, which a kill leaves there, never inside the user's store), moved into ``labels/`` by one
+    rename that fails rather than replace anything, and only then listed in ``labels/``'s metadata, so readers
+    never see a partial one. A rerun after a kill between the rename and the listing replaces that unlisted
+    image of ours. Two runs adding labels to one store at once are not supported.
     """
     import zarr
     from ome_zarr.format import format_from_version
@@ -208,16 +271,21 @@ def add_labels(store: str | Path, name: str, planes: Iterable[np.ndarray], label
     check_new_label(store, name, label)
     layout = layout_of(store, label)
     fmt = format_from_version(layout.version)
-    labels_dir = Path(store) / "labels"
-    new_dir = not labels_dir.exists()
+    store = Path(store)
+    labels_dir, dest = store / "labels", store / "labels" / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{store.name}.{name}.", dir=store.parent))
     try:
-        with atomic_path(labels_dir / name) as tmp:
-            write(tmp, planes, layout, np.uint8, labels=True)
-            add_metadata(zarr.open_group(str(tmp), mode="a"), {"image-label": {"source": {"image": "../../"}}})
-    except BaseException:
-        if new_dir:  # the store as it was: no empty labels/ left behind
-            shutil.rmtree(labels_dir, ignore_errors=True)
-        raise
+        write(tmp / name, planes, layout, np.uint8, labels=True)
+        add_metadata(zarr.open_group(str(tmp / name), mode="a"), {"image-label": {"source": {"image": "../../"}}})
+        fsync_tree(tmp / name)
+        check_new_label(store, name, label)  # still free after the prediction
+        if dest.exists():  # an unlisted image of an interrupted run of ours (check_new_label allowed it)
+            shutil.rmtree(dest)
+        labels_dir.mkdir(exist_ok=True)
+        os.rename(tmp / name, dest)  # onto a directory that appeared meanwhile: fails, replaces nothing
+        fsync_dir(labels_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     group = zarr.open_group(str(labels_dir), mode="a", zarr_format=fmt.zarr_format)
     add_metadata(group, {"labels": [*_listed(labels_dir), name]}, fmt=fmt)
 

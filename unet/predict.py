@@ -171,6 +171,22 @@ def output_format(dest: str | Path) -> str:
     raise DataError(f"{dest}: output must be a .tif/.tiff file or a .zarr/.ome.zarr OME-Zarr image")
 
 
+def check_output(dest: str | Path) -> str:
+    """The output's format (:func:`output_format`), once ``dest`` is known not to replace anything of the user's:
+    an existing directory is replaced only when it is an OME-Zarr image that ``unet predict`` wrote.
+
+    Raises:
+        DataError: a bad name, or a ``dest`` that exists and is not such an image (an existing TIFF is replaced).
+    """
+    kind = output_format(dest)
+    dest = Path(dest)
+    if kind == "zarr" and dest.exists() and not omezarr.ours(dest):
+        raise DataError(f"{dest}: exists and is not an OME-Zarr image unet predict wrote; remove it or name another")
+    if kind == "tiff" and dest.is_dir():
+        raise DataError(f"{dest}: output is a directory; name the output file (OUT.tif)")
+    return kind
+
+
 def predict_file(
     src: str | Path,
     dest: str | Path | None,
@@ -203,7 +219,7 @@ def predict_file(
             cannot be decoded, in which case no output is left.
     """
     src = Path(src)
-    kind = "labels" if label_name is not None else output_format(dest or "")
+    kind = "labels" if label_name is not None else check_output(dest or "")
     if kind == "labels":
         if threshold is None:
             raise DataError(f"{src}: labels need a threshold (they are masks)")

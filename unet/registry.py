@@ -96,6 +96,7 @@ def page(card: dict[str, Any], geometry: dict[str, int], test_slice: int) -> str
     cv = card["cross_validated"]
     rows = "\n".join(f"| {m} | {v['mean']:.4f} ± {v['std']:.4f} |" for m, v in cv.items() if isinstance(v, dict))
     g = geometry
+    members = " (the ensemble's other members trained on it)" if len(card["folds"]) > 1 else ""
     return f"""# {card["name"]}
 
 {card["description"]}
@@ -119,7 +120,7 @@ picks; `vrand_fixed`, `vinfo_fixed` are the same at one fixed threshold (the eva
 
 {card["caveat"]}
 
-The test tensors are a tile of held-out slice {test_slice} of fold {card["folds"][0]}.
+The test tensors are a tile of slice {test_slice}, held out from fold {card["folds"][0]}'s model{members}.
 
 ## How to use
 The input is the raw grey values of a 2D image (the stack's own data type; the preprocessing maps them to the

@@ -22,22 +22,30 @@ def dvc_paths(root: Path) -> set[str]:
     return paths
 
 
-def stage_option(root: str | Path, stage: str, option: str) -> str:
-    """The value of ``option`` (e.g. ``--card``) in stage ``stage``'s command in ``root``'s ``dvc.yaml``: the
-    one place each path is named, so tools that read a stage's output find it where the stage wrote it.
+def stage_option(root: str | Path, stage: str, option: str, rev: str | None = None) -> str:
+    """The value of ``option`` (e.g. ``--card``) in stage ``stage``'s command in ``root``'s ``dvc.yaml`` (as of
+    commit ``rev``, else the workspace's): the one place each path is named, so tools that read a stage's
+    output find it where the stage wrote it.
 
     Raises:
-        ValueError: no such stage, or its command has no such option.
+        ValueError: no such stage, a stage without one command string, or a command without the option.
     """
     import shlex
 
     import yaml
 
-    path = Path(root) / "dvc.yaml"
-    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+    from unet.ops.runner import git
+
+    where = f"{rev}:dvc.yaml" if rev else str(Path(root) / "dvc.yaml")
+    text = git(root, "show", where) if rev else (Path(root) / "dvc.yaml").read_text()
+    stages = (yaml.safe_load(text) or {}).get("stages", {})
     if stage not in stages:
-        raise ValueError(f"{path}: no stage {stage!r}")
-    args = shlex.split(stages[stage]["cmd"])
-    if option not in args[:-1]:
-        raise ValueError(f"{path}: stage {stage}'s command has no {option} option")
-    return args[args.index(option) + 1]
+        raise ValueError(f"{where}: no stage {stage!r}")
+    cmd = stages[stage].get("cmd") if isinstance(stages[stage], dict) else None
+    if not isinstance(cmd, str):
+        raise ValueError(f"{where}: stage {stage} has no single command string")
+    args = [a.split("=", 1) if a.startswith(f"{option}=") else [a] for a in shlex.split(cmd)]
+    flat = [part for a in args for part in a]
+    if option not in flat[:-1]:
+        raise ValueError(f"{where}: stage {stage}'s command has no {option} option")
+    return flat[flat.index(option) + 1]

@@ -67,18 +67,29 @@ def committed_params(cwd: str | Path = ".") -> str | None:
 
 
 BASES = Path(".dvc") / "tmp" / "unet-params-bases.json"  # DVC's own git-ignored scratch folder
+PENDING = "pending"  # the base of a run not known to have finished
 
 
 def remember_base(cwd: str | Path, base: str) -> None:
     """Record that the workspace's params.yaml, as an experiment left it, was made from ``base`` (the params
     the experiment started from: the committed ones or edits of the user's), for :func:`from_baseline`."""
     now = (Path(cwd) / "params.yaml").read_text()
-    if now == base:
-        return
+    bases = _bases(Path(cwd) / BASES)
+    bases.pop(PENDING, None)
+    if now != base:
+        bases.pop(_digest(now), None)
+        bases[_digest(now)] = base  # newest last; the 100 newest kept
+    _write_bases(cwd, bases)
+
+
+def expect_base(cwd: str | Path, base: str) -> None:
+    """Record ``base`` as the params of the experiment about to run, before it runs: a run killed after DVC
+    committed it, before :func:`remember_base`, still leaves its base known."""
+    _write_bases(cwd, {**_bases(Path(cwd) / BASES), PENDING: base})
+
+
+def _write_bases(cwd: str | Path, bases: dict[str, str]) -> None:
     path = Path(cwd) / BASES
-    bases = _bases(path)
-    bases.pop(_digest(now), None)
-    bases[_digest(now)] = base  # newest last; the 100 newest kept
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(dict(list(bases.items())[-100:]), indent=1))
@@ -93,8 +104,10 @@ def from_baseline(cwd: str | Path = ".") -> None:
     if committed is None:
         return
     workspace = (Path(cwd) / "params.yaml").read_text()
-    base = _bases(Path(cwd) / BASES).get(_digest(workspace))
-    (Path(cwd) / "params.yaml").write_text(base if base is not None else committed)
+    bases = _bases(Path(cwd) / BASES)
+    base = bases.get(_digest(workspace), bases.get(PENDING))  # pending: the run that left them was killed
+    with atomic_path(Path(cwd) / "params.yaml") as tmp:
+        tmp.write_text(base if base is not None else committed)
     if base is not None and base != committed:
         log.info("params.yaml held an earlier experiment's values: starting from your edits it started from")
     else:
@@ -156,6 +169,7 @@ def run_experiment(
     log.info("%s", " ".join(cmd))
     env = {**experiment_env(cwd), "UNET_PRESET": preset}  # named in the model card
     base = (Path(cwd) / "params.yaml").read_text()
+    expect_base(cwd, base)
     status = stream(cmd, cwd, say, env=env, pass_fds=(fd,), stderr_only=True)[0]
     remember_base(cwd, base)
     return status

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -73,33 +74,33 @@ def package(args: argparse.Namespace, cfg: Config, model: Any, card: dict[str, A
     and run bioimageio.core's model test on it (the ONNX weights where there are, else Keras's)."""
     from unet import registry
     from unet.bioimageio import (
-        check_package,
         cover,
         quiet_library_logs,
         sample_side,
         tile_sizes,
         write_package,
     )
-    from unet.io import read_stack
+    from unet.io import iter_slices
 
     quiet_library_logs()
     fold = fold_name(card["folds"][0])
-    held_out = evaluation["folds"][fold]["slices"][0]
-    image = read_stack(Path(args.raw) / cfg.download.images[0])[held_out]
-    side = sample_side(model, image.shape)
+    slices = evaluation["folds"].get(fold, {}).get("slices")
+    if not slices:
+        raise ValueError(f"{args.evaluation}: no held-out slices of {fold} (run the evaluate stage again)")
+    held_out = slices[0]
+    image = next(itertools.islice(iter_slices(Path(args.raw) / cfg.download.images[0]), held_out, None))
+    side = sample_side(model, (image.shape[0], image.shape[1]))
     y, x = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
     tile = image[y : y + side, x : x + side]
     doc = registry.page(card, tile_sizes(model), held_out)
     t0 = time.monotonic()
-    written = write_package(model, args.package, cfg.register, tile, doc, cover(Path(args.overlays), fold, tile))
-    t1 = time.monotonic()
-    check_package(args.package, ["onnx"] if "onnx" in written["weights"] else ["keras_v3"])
+    picture = cover(Path(args.overlays), fold, tile)
+    written = write_package(model, args.package, cfg.register, tile, doc, picture, check=True)
     log.info(
-        "%s: bioimage.io package (%s weights) written in %.1f s; bioimageio.core's model test passed in %.1f s",
+        "%s: bioimage.io package (%s weights) written and passed bioimageio.core's model test in %.1f s",
         args.package,
         " and ".join(written["weights"]),
-        t1 - t0,
-        time.monotonic() - t1,
+        time.monotonic() - t0,
     )
 
 
