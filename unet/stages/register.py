@@ -97,7 +97,7 @@ def package(args: argparse.Namespace, cfg: Config, model: Any, card: dict[str, A
     picture = cover(Path(args.overlays), fold, tile)
     written = write_package(model, args.package, cfg.register, tile, doc, picture, check=True)
     log.info(
-        "%s: bioimage.io package (%s weights) written and passed bioimageio.core's model test in %.1f s",
+        "%s: bioimage.io package (%s weights) written; bioimageio.core's model test passed (%.1f s in all)",
         args.package,
         " and ".join(written["weights"]),
         time.monotonic() - t0,
